@@ -1,0 +1,340 @@
+"""
+The archive on disk: staging files, atomic commit, quarantine.
+
+Layout under the archive root::
+
+    <archive>/<rule folder>/<name>-<uuid>   completed uploads, mode 0640
+    <archive>/.staging/<uuid>               uploads in progress (0600)
+    <archive>/.partial/<uuid>               aborted uploads (quarantine)
+    <archive>/.partial/<uuid>.json          what each aborted upload was
+
+Staging lives on the archive's filesystem so that completing an upload is a
+rename, never a copy: a file appears in a rule folder whole or not at all.
+Everything that can block on a disk (fsync, rename, chown, hashing, removal)
+runs in the archive's thread pool; only opening a staging file and writing
+into it happen on the reactor thread, as plain page-cache writes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+_T = TypeVar("_T")
+
+#: Longest name a POSIX filesystem takes for one path component, in bytes.
+NAME_MAX = 255
+#: `-` and a UUID in its 36-character text form.
+_UUID_SUFFIX = 37
+_HASH_CHUNK = 1 << 20
+
+
+def archive_name(name: str, unique: str) -> str:
+    """
+    The file name an upload gets in its rule folder: the client's name,
+    shortened at a character boundary when needed so that the name with its
+    unique suffix still fits in one path component.
+
+    @param name: the client's file name (one component, already checked).
+    @param unique: the unique suffix (a UUID in text form).
+    """
+    raw = name.encode("utf-8")[: NAME_MAX - _UUID_SUFFIX]
+    return raw.decode("utf-8", "ignore") + "-" + unique
+
+
+@dataclass(frozen=True)
+class Committed:
+    """
+    Where a committed upload now is and what exactly it holds.
+    """
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class Archive:
+    """
+    Staging, commit and quarantine of uploads under one archive root.
+
+    @ivar root: the archive folder.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        gid: int,
+        file_mode: int = 0o640,
+        quarantine: Path | None = None,
+        threadpool: ThreadPool,
+        reactor: Any,
+    ) -> None:
+        """
+        @param root: the archive folder; created if missing.
+        @param gid: unix group for archived files and rule folders.
+        @param file_mode: mode of archived files.
+        @param quarantine: folder for aborted uploads (default
+            C{<root>/.partial}).
+        @param threadpool: where blocking disk work runs.
+        @param reactor: the reactor that the thread pool reports back to.
+        """
+        self.root = root
+        self.staging = root / ".staging"
+        self.quarantine = quarantine or root / ".partial"
+        self._gid = gid
+        self._file_mode = file_mode
+        self._pool = threadpool
+        self._reactor = reactor
+
+    def _in_thread(self, f: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def prepare(self) -> list[Path]:
+        """
+        Create the archive's own folders and quarantine any staging file left
+        by a server that stopped without finishing it.  Blocking; called once
+        at start, before the server listens.
+
+        @return: the quarantined leftovers.
+        """
+        for folder, mode in ((self.root, 0o775), (self.staging, 0o700)):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, mode)
+        self.quarantine.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.quarantine, 0o750)
+        self._set_group(self.root)
+
+        leftovers = []
+        for entry in sorted(self.staging.iterdir()):
+            size = entry.stat().st_size
+            meta = {
+                "reason": "found in staging at start: the server stopped "
+                "before this upload was completed",
+                "bytes_received": size,
+            }
+            self._quarantine_file(entry, meta)
+            leftovers.append(entry)
+            self._log.warn(
+                "upload aborted: staging file {path} ({size} bytes) was left by "
+                "an earlier run and is quarantined",
+                path=str(entry),
+                size=size,
+            )
+        return leftovers
+
+    def _set_group(self, path: Path) -> None:
+        if os.stat(path).st_gid != self._gid:
+            os.chown(path, -1, self._gid)
+
+    def rule_folder(self, folder: str) -> Path:
+        """
+        The archive folder of one rule folder name.
+        """
+        return self.root / folder
+
+    def ensure_rule_folder(self, folder: str) -> None:
+        """
+        Create a rule's archive folder, group-owned and mode 0775, if missing.
+        Blocking (a mkdir and a chown); safe to call often.
+        """
+        path = self.rule_folder(folder)
+        try:
+            path.mkdir(mode=0o775)
+        except FileExistsError:
+            return
+        os.chmod(path, 0o775)
+        self._set_group(path)
+        self._log.info(
+            "created archive folder {path} for rule folder {folder}",
+            path=str(path),
+            folder=folder,
+        )
+
+    def ensure_rule_folders(self, folders: list[str]) -> Deferred[None]:
+        """
+        Create the archive folders of several rules, in the thread pool.
+
+        @return: a Deferred that fires with None when all exist.
+        """
+
+        def ensure_all() -> None:
+            for folder in folders:
+                self.ensure_rule_folder(folder)
+
+        return self._in_thread(ensure_all)
+
+    def open_staging(self) -> tuple[Path, int]:
+        """
+        Create a new, empty staging file.
+
+        @return: its path and an open read-write file descriptor.
+        @raise OSError: the staging folder is not writable or the disk full.
+        """
+        path = self.staging / str(uuid.uuid4())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return path, fd
+
+    def reopen_staging(self, path: Path) -> int:
+        """
+        Open an existing staging file again, to continue writing it.
+        """
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def commit(self, staging: Path, fd: int | None, folder: str, name: str) -> Deferred[Committed]:
+        """
+        Make a finished upload permanent: fsync its bytes, give it its group
+        and mode, hash it, move it atomically into the rule's archive folder
+        and fsync that folder, so that it survives a crash from the moment
+        this fires.
+
+        @param staging: the staging file.
+        @param fd: its open descriptor, which this closes, or None.
+        @param folder: the rule folder name.
+        @param name: the client's file name.
+        @return: a Deferred firing with a L{Committed}, or failing with the
+            L{OSError} that stopped it; on failure nothing is left in the
+            rule folder and the staging file is still in place.
+        """
+        return self._in_thread(self._commit, staging, fd, folder, name)
+
+    def _commit(self, staging: Path, fd: int | None, folder: str, name: str) -> Committed:
+        if fd is None:
+            fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+            os.fchown(fd, -1, self._gid)
+            os.fchmod(fd, self._file_mode)
+            size, digest = _hash_fd(fd)
+        finally:
+            os.close(fd)
+
+        self.ensure_rule_folder(folder)
+        target = self.rule_folder(folder) / archive_name(name, str(uuid.uuid4()))
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+        return Committed(target, size, digest)
+
+    def quarantine_upload(
+        self, staging: Path, fd: int | None, meta: dict[str, Any]
+    ) -> Deferred[Path]:
+        """
+        Move an aborted or refused upload out of the way, with a JSON sidecar
+        saying whose it was and why it stopped.
+
+        @param staging: the staging file.
+        @param fd: its open descriptor, which this closes, or None.
+        @param meta: what to record (user, rule, name, reason...); the bytes
+            received and the time are added.
+        @return: a Deferred firing with the quarantined file's path.
+        """
+
+        def move() -> Path:
+            if fd is not None:
+                os.close(fd)
+            return self._quarantine_file(staging, meta)
+
+        return self._in_thread(move)
+
+    def _quarantine_file(self, staging: Path, meta: dict[str, Any]) -> Path:
+        target = self.quarantine / staging.name
+        record = dict(meta)
+        record.setdefault("bytes_received", staging.stat().st_size)
+        record["quarantined"] = time.time()
+        sidecar = target.with_name(target.name + ".json")
+        sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.rename(staging, target)
+        _fsync_dir(self.quarantine)
+        return target
+
+    def discard_staging(self, staging: Path, fd: int | None) -> Deferred[None]:
+        """
+        Remove a staging file whose bytes nobody needs (an empty upload the
+        client removed again, for example).
+        """
+
+        def remove() -> None:
+            if fd is not None:
+                os.close(fd)
+            try:
+                os.unlink(staging)
+            except FileNotFoundError:
+                pass
+
+        return self._in_thread(remove)
+
+    def prune_quarantine(self, max_age: float, now: float | None = None) -> Deferred[int]:
+        """
+        Remove quarantined uploads older than C{max_age} seconds.
+
+        @return: a Deferred firing with the number of uploads removed.
+        """
+
+        def prune() -> int:
+            limit = (now if now is not None else time.time()) - max_age
+            removed = 0
+            for entry in self.quarantine.iterdir():
+                if entry.suffix == ".json":
+                    continue
+                try:
+                    if entry.stat().st_mtime >= limit:
+                        continue
+                    entry.unlink()
+                except FileNotFoundError:
+                    continue
+                entry.with_name(entry.name + ".json").unlink(missing_ok=True)
+                removed += 1
+            return removed
+
+        return self._in_thread(prune)
+
+    def statvfs(self) -> os.statvfs_result:
+        """
+        The figures of the archive's filesystem (blocking, but a single call).
+        """
+        return os.statvfs(self.root)
+
+
+def _hash_fd(fd: int) -> tuple[int, str]:
+    """
+    Read a whole file from its descriptor and return its size and sha256.
+    """
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _HASH_CHUNK, offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return offset, digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """
+    fsync a folder so that a rename into it is durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        # Some filesystems refuse fsync on a folder; the rename is as
+        # durable there as they can make it.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)

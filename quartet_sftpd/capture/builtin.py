@@ -1,0 +1,480 @@
+"""
+The built-in capture backend: rules from a TOML file, tasks in SQLite, rules
+run on a bounded pool of threads.
+
+Two thread pools keep the reactor free.  A one-thread I{store} pool records
+tasks and reloads the rules file, so that a CLOSE is answered as soon as its
+task is on disk.  A I{rule} pool of C{settings.rule_workers} threads runs the
+rules; a slow rule delays other rules, never an upload.
+
+A task runs its rule as loaded when the run starts, not when the file was
+uploaded.  Runs are at least once: a task left QUEUED or RUNNING by a crash
+or a stop runs again, from its first step, when the backend next starts.
+The rule gets the whole file in memory, as quartet_capture rules do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from quartet_sftpd.capture import ArchivedUpload
+from quartet_sftpd.config import Settings
+from quartet_sftpd.rules import Rule, RuleContext, RuleFailed, RulesError, load_rules
+from quartet_sftpd.tasks import TaskLog, TaskStatus, TaskStore
+
+_T = TypeVar("_T")
+
+
+class IThreadPool(Protocol):
+    """
+    The part of L{ThreadPool} the backend uses; tests pass a synchronous one.
+    """
+
+    def start(self) -> None:
+        """
+        Start the threads.
+        """
+
+    def stop(self) -> None:
+        """
+        Stop the threads, waiting for them to end.
+        """
+
+    def callInThreadWithCallback(
+        self,
+        onResult: Callable[[bool, Any], object],
+        func: Callable[..., Any],
+        *args: Any,
+        **kw: Any,
+    ) -> None:
+        """
+        Run C{func} in a thread and pass the outcome to C{onResult}.
+        """
+
+
+class CaptureStoppedError(Exception):
+    """
+    The backend is not running, so it cannot record the upload.
+    """
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    task: str
+    rule: str
+    user: str
+    status: TaskStatus
+    ms: int
+    reason: str = ""
+
+
+# The rules file's identity: (mtime, size, inode) or (None, errno, None) if
+# it cannot be read.  A change in any part means the file has to be read again.
+_Signature = tuple[Any, ...]
+
+
+def _signature_of(path: Path) -> _Signature:
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        return (None, error.errno, None)
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _rule_gone(rule: str, upload_name: str, archive_path: str) -> str:
+    return (
+        f"The rule {rule!r} no longer exists, so nothing was run on {upload_name}; "
+        f"the file is kept at {archive_path}. Upload it again into an existing "
+        "rule folder, or restore the rule."
+    )
+
+
+class BuiltinBackend:
+    """
+    The L{ICaptureBackend} that runs this package's rules engine.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: IReactorFromThreads | None = None,
+        *,
+        store_pool: IThreadPool | None = None,
+        rule_pool: IThreadPool | None = None,
+    ) -> None:
+        """
+        @param settings: C{rules}, C{db} and C{rule_workers} are used.
+        @param reactor: the reactor; the global one when L{None}.
+        @param store_pool: the pool that records tasks and reads the rules
+            file; a new one-thread pool when L{None}.
+        @param rule_pool: the pool that runs rules; a new pool of
+            C{settings.rule_workers} threads when L{None}.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor  # type: ignore[assignment]
+        self._settings = settings
+        self._reactor = reactor
+        self._store_pool = store_pool or ThreadPool(1, 1, "quartet-sftpd-tasks")
+        self._rule_pool = rule_pool or ThreadPool(
+            0, settings.rule_workers, "quartet-sftpd-rules"
+        )
+        self._store: TaskStore | None = None
+        self._rules: dict[str, Rule] = {}
+        self._signature: _Signature | None = None
+        self._state = "new"
+        self._refreshing = False
+        self._pending: set[Deferred[Any]] = set()
+        self._scheduled: set[str] = set()
+        self._idle_waiters: list[Deferred[None]] = []
+
+    # -- the ICaptureBackend interface, called on the reactor thread --
+
+    def rule_names(self) -> Sequence[str]:
+        """
+        The names of the rules last loaded, in file order.  No I/O.
+        """
+        return tuple(self._rules)
+
+    def start(self) -> Deferred[None]:
+        """
+        Load the rules, open the task store, start the pools, and run again
+        every task a crash or a stop left QUEUED or RUNNING.
+
+        The rules file and the store are read before this returns (the
+        server is not serving yet), so L{rule_names} is right at once and a
+        broken rules file or database stops the server from starting.
+
+        @return: a Deferred that fires with L{None} once the interrupted
+            tasks are queued again.
+        @raise RulesError: the rules file cannot be read or is invalid.
+        @raise TaskStoreError: the task database cannot be opened.
+        """
+        if self._state != "new":
+            return succeed(None)
+        signature = _signature_of(self._settings.rules)
+        rules = load_rules(self._settings.rules)
+        self._store = TaskStore(self._settings.db)
+        self._rules, self._signature = rules, signature
+        self._store_pool.start()
+        self._rule_pool.start()
+        self._state = "running"
+        self.log.info(
+            "capture engine started with {count} rules from {path}: {rules}",
+            count=len(rules),
+            path=str(self._settings.rules),
+            rules=", ".join(rules) or "(none)",
+        )
+        d = self._in_store(self._recover)
+        d.addCallbacks(
+            self._recovered,
+            lambda failure: self.log.failure(
+                "cannot look for tasks a restart interrupted in {path}",
+                failure,
+                path=str(self._settings.db),
+            ),
+        )
+        return d
+
+    def refresh(self) -> Deferred[bool]:
+        """
+        Read the rules file again if its time, size or inode changed.
+
+        A file that cannot be read or has an error keeps the rules loaded
+        before in place; one warning is logged for each change to the file.
+
+        @return: a Deferred firing with whether the rule names changed.
+        """
+        if self._state != "running" or self._refreshing:
+            return succeed(False)
+        self._refreshing = True
+        d = self._in_store(self._read_rules, self._signature)
+        d.addCallback(self._rules_read)
+
+        def done(result: object) -> object:
+            self._refreshing = False
+            return result
+
+        d.addBoth(done)
+        return d
+
+    def submit(self, upload: ArchivedUpload) -> Deferred[str]:
+        """
+        Record a task for an archived upload, then queue its rule.
+
+        If the upload's rule no longer exists, the task is still recorded,
+        as FAILED with a message saying so, and the Deferred still fires with
+        its name: the upload is safe and accounted for.
+
+        @return: a Deferred firing with the task's name once the task is on
+            disk, before the rule runs; it fails with L{CaptureStoppedError}
+            if the backend is not running, or with the store's error if the
+            task could not be recorded.
+        """
+        if self._state not in ("running", "stopping"):
+            return fail(CaptureStoppedError("the capture engine is not running."))
+        rule_known = upload.rule in self._rules
+        d = self._in_store(self._record, upload, rule_known)
+
+        def recorded(name: str) -> str:
+            if rule_known:
+                self._schedule(name)
+            else:
+                self.log.warn(
+                    "task {task} for rule {rule} failed: the rule no longer exists",
+                    task=name,
+                    rule=upload.rule,
+                    user=upload.user,
+                    path=str(upload.archive_path),
+                )
+            return name
+
+        d.addCallback(recorded)
+        return d
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop taking work: wait for running rules and task records to end,
+        then close the store and stop the pools.  Tasks still queued stay
+        QUEUED in the store and run at the next start.
+
+        @return: a Deferred firing with L{None} once everything stopped.
+        """
+        if self._state in ("new", "stopped", "stopping"):
+            return succeed(None)
+        self._state = "stopping"
+        d = self._when_idle()
+
+        def close(_: object) -> Deferred[None] | None:
+            self._state = "stopped"
+            if self._store is None:
+                return None
+            return deferToThreadPool(self._reactor, self._store_pool, self._store.close)
+
+        def stop_pools(result: object) -> object:
+            # Idle by now, so joining their threads is quick.
+            self._store_pool.stop()
+            self._rule_pool.stop()
+            self.log.info("capture engine stopped")
+            return result
+
+        d.addCallback(close)
+        d.addBoth(stop_pools)
+        return d
+
+    # -- work done in the store pool --
+
+    def _recover(self) -> list[str]:
+        assert self._store is not None
+        interrupted = self._store.interrupted()
+        for task in interrupted:
+            self._store.add_message(
+                task.name,
+                "INFO",
+                f"Recovered after a restart: the task was {task.status.value} "
+                "when the server stopped, so its rule runs again.",
+            )
+        return [task.name for task in interrupted]
+
+    def _read_rules(
+        self, previous: _Signature | None
+    ) -> tuple[_Signature, dict[str, Rule] | None, RulesError | None] | None:
+        path = self._settings.rules
+        signature = _signature_of(path)
+        if signature == previous:
+            return None
+        try:
+            return signature, load_rules(path), None
+        except RulesError as error:
+            return signature, None, error
+
+    def _record(self, upload: ArchivedUpload, rule_known: bool) -> str:
+        assert self._store is not None
+        task = self._store.create(upload)
+        if not rule_known:
+            self._store.fail(
+                task.name,
+                _rule_gone(upload.rule, upload.name, str(upload.archive_path)),
+            )
+        return task.name
+
+    # -- back on the reactor thread --
+
+    def _recovered(self, names: list[str]) -> None:
+        if names:
+            self.log.info(
+                "running {count} tasks again that a restart interrupted",
+                count=len(names),
+            )
+        for name in names:
+            self._schedule(name)
+
+    def _rules_read(
+        self,
+        result: tuple[_Signature, dict[str, Rule] | None, RulesError | None] | None,
+    ) -> bool:
+        if result is None:
+            return False
+        signature, rules, error = result
+        self._signature = signature
+        if rules is None:
+            self.log.warn(
+                "{error} Keeping the {count} rules loaded before: {rules}",
+                error=str(error),
+                count=len(self._rules),
+                rules=", ".join(self._rules),
+                path=str(self._settings.rules),
+            )
+            return False
+        changed = list(rules) != list(self._rules)
+        self._rules = rules
+        self.log.info(
+            "rules reloaded from {path}: {rules}",
+            path=str(self._settings.rules),
+            rules=", ".join(rules) or "(none)",
+        )
+        return changed
+
+    def _schedule(self, name: str) -> None:
+        if self._state != "running" or name in self._scheduled:
+            # Stays QUEUED in the store; the next start runs it.
+            return
+        self._scheduled.add(name)
+        d = deferToThreadPool(self._reactor, self._rule_pool, self._run, name)
+        d.addBoth(self._unschedule, name)
+        d.addCallbacks(
+            self._log_outcome,
+            lambda failure: self.log.failure(
+                "task {task} could not be run; it runs again at the next start",
+                failure,
+                task=name,
+            ),
+        )
+        self._track(d)
+
+    def _unschedule(self, result: _T, name: str) -> _T:
+        self._scheduled.discard(name)
+        return result
+
+    def _log_outcome(self, outcome: _Outcome | None) -> None:
+        if outcome is None:
+            return
+        if outcome.status is TaskStatus.FINISHED:
+            self.log.info(
+                "task {task} for rule {rule} finished in {ms} ms",
+                task=outcome.task,
+                rule=outcome.rule,
+                user=outcome.user,
+                ms=outcome.ms,
+            )
+        else:
+            self.log.info(
+                "task {task} for rule {rule} failed after {ms} ms: {reason}",
+                task=outcome.task,
+                rule=outcome.rule,
+                user=outcome.user,
+                ms=outcome.ms,
+                reason=outcome.reason,
+            )
+
+    # -- work done in the rule pool --
+
+    def _run(self, name: str) -> _Outcome | None:
+        if self._state != "running" or self._store is None:
+            return None
+        store = self._store
+        task = store.get(name)
+        if task is None or task.status not in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+            return None
+        began = time.monotonic()
+
+        def ended(status: TaskStatus, reason: str = "") -> _Outcome:
+            ms = round((time.monotonic() - began) * 1000)
+            return _Outcome(task.name, task.rule, task.user, status, ms, reason)
+
+        rule = self._rules.get(task.rule)
+        if rule is None:
+            reason = _rule_gone(task.rule, task.file, task.archive_path)
+            store.fail(name, reason)
+            return ended(TaskStatus.FAILED, reason)
+        store.mark_running(name)
+        try:
+            data = Path(task.archive_path).read_bytes()
+        except OSError as error:
+            reason = (
+                f"The archived file {task.archive_path} cannot be read: "
+                f"{error.strerror or error}."
+            )
+            store.fail(name, reason)
+            return ended(TaskStatus.FAILED, reason)
+        if hashlib.sha256(data).hexdigest() != task.sha256:
+            reason = (
+                f"The archived file {task.archive_path} no longer holds the bytes "
+                "that were uploaded (its SHA-256 differs), so the rule was not run."
+            )
+            store.fail(name, reason)
+            return ended(TaskStatus.FAILED, reason)
+
+        context = RuleContext(
+            rule.name,
+            name,
+            {
+                RuleContext.USER: task.user,
+                RuleContext.ORIGINAL_NAME: task.file,
+                RuleContext.ARCHIVE_PATH: Path(task.archive_path),
+                RuleContext.SIZE: task.size,
+                RuleContext.SHA256: task.sha256,
+            },
+        )
+        try:
+            rule.run(TaskLog(store, name), data, context)
+        except RuleFailed as failure:
+            store.fail(name)
+            return ended(TaskStatus.FAILED, str(failure))
+        store.finish(name)
+        return ended(TaskStatus.FINISHED)
+
+    # -- helpers --
+
+    def _in_store(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        d = deferToThreadPool(self._reactor, self._store_pool, function, *args)
+        self._track(d)
+        return d
+
+    def _track(self, d: Deferred[Any]) -> None:
+        self._pending.add(d)
+
+        def done(result: object) -> object:
+            self._pending.discard(d)
+            if not self._pending:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            return result
+
+        d.addBoth(done)
+
+    def _when_idle(self) -> Deferred[None]:
+        if not self._pending:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+
+__all__ = ["BuiltinBackend", "CaptureStoppedError", "IThreadPool"]

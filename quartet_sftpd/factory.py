@@ -1,0 +1,103 @@
+"""
+The SSH factory: host keys, the algorithms offered, and the services.
+
+The algorithm lists keep what current clients need and drop what ssh-audit
+fails: SHA-1 and MD5 MACs, SHA-1 key exchange, SHA-1 RSA signatures
+(C{ssh-rsa}), DSA, CBC modes and 3DES.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.conch.openssh_compat.primes import parseModuliFile
+from twisted.conch.ssh import connection, keys, transport
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.cred.portal import Portal
+from twisted.logger import Logger
+
+from quartet_sftpd.auth import UserAuthServer
+
+#: Key exchange, strongest first.  Group exchange needs a moduli file.
+KEY_EXCHANGES = [
+    b"mlkem768x25519-sha256",
+    b"curve25519-sha256",
+    b"curve25519-sha256@libssh.org",
+    b"ecdh-sha2-nistp256",
+    b"ecdh-sha2-nistp384",
+    b"ecdh-sha2-nistp521",
+    b"diffie-hellman-group-exchange-sha256",
+]
+CIPHERS = [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
+MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
+HOST_KEY_ALGORITHMS = [
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
+]
+MODULI = "/etc/ssh/moduli"
+
+
+class SFTPServerTransport(transport.SSHServerTransport):
+    """
+    The server side of the SSH transport, with this server's algorithms.
+    """
+
+    supportedKeyExchanges = [
+        k for k in KEY_EXCHANGES if k in transport.SSHTransportBase.supportedKeyExchanges
+    ]
+    supportedCiphers = [c for c in CIPHERS if c in transport.SSHTransportBase.supportedCiphers]
+    supportedMACs = MACS
+    ourVersionString = b"SSH-2.0-quartet_sftpd"
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        """
+        The client disconnected.  A plain goodbye (as every client sends after
+        its last command) is no error; anything else is logged as a warning.
+        """
+        if reasonCode == transport.DISCONNECT_BY_APPLICATION:
+            self._log.debug("client disconnected")
+            return
+        self._log.warn(
+            "client disconnected with code {code}: {reason}",
+            code=reasonCode,
+            reason=description.decode("utf-8", "replace"),
+        )
+
+
+class SFTPFactory(SSHFactory):
+    """
+    Builds an SSH server transport for each connection.
+    """
+
+    protocol = SFTPServerTransport
+    services = {
+        b"ssh-userauth": UserAuthServer,
+        b"ssh-connection": connection.SSHConnection,
+    }
+    _log = Logger()
+
+    def __init__(self, portal: Portal, host_keys: dict[bytes, keys.Key]) -> None:
+        """
+        @param portal: checks credentials and makes avatars.
+        @param host_keys: private host keys by key type.
+        """
+        self.portal = portal
+        self.privateKeys = dict(host_keys)
+        self.publicKeys = {name: key.public() for name, key in host_keys.items()}
+
+    def getPrimes(self) -> dict[int, list[tuple[int, int]]] | None:
+        """
+        The Diffie-Hellman groups for group exchange, from OpenSSH's moduli
+        file when the machine has one.
+        """
+        if os.path.exists(MODULI):
+            return parseModuliFile(MODULI)
+        return None
+
+    def buildProtocol(self, addr: Any) -> SFTPServerTransport:
+        t = super().buildProtocol(addr)
+        t.supportedPublicKeys = [a for a in t.supportedPublicKeys if a in HOST_KEY_ALGORITHMS]
+        return t

@@ -1,0 +1,186 @@
+"""
+The avatar of a logged-in user: an SSH session that serves the C{sftp}
+subsystem and nothing else.
+
+Shell, exec and pty requests, agent and X11 forwarding, and every channel
+type but C{session} (so port forwarding too) are refused.  A shell or exec
+request gets a sentence on stderr and exit status 1 rather than a bare
+failure, so that a person who typed C{ssh partner@host} reads why.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.conch.avatar import ConchUser
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import common
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.connection import EXTENDED_DATA_STDERR
+from twisted.cred.portal import IRealm
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from quartet_sftpd.sftp.server import SFTPServerProtocol
+from quartet_sftpd.sftp.tree import VirtualTree
+
+if TYPE_CHECKING:
+    from quartet_sftpd.service import SFTPContext
+
+#: Bytes a client may send before waiting for a window adjustment.  Conch's
+#: 128 KiB default throttles bulk uploads; the SFTP layer writes each packet
+#: straight to disk, so a larger window costs no memory of its own.
+CHANNEL_WINDOW = 8 * 1024 * 1024
+#: Largest SSH data packet accepted on a channel.
+CHANNEL_MAX_PACKET = 256 * 1024
+
+SFTP_ONLY = (
+    b"This server offers SFTP only: connect with sftp, scp or an SFTP client.\r\n"
+)
+
+
+class SFTPUser(ConchUser):
+    """
+    A logged-in user; owns the user's view of the rule folders.
+    """
+
+    def __init__(self, user: str, context: SFTPContext) -> None:
+        super().__init__()
+        self.user = user
+        self.context = context
+        self.tree = VirtualTree(
+            context.backend.rule_names, lambda: context.allowed_rules(user)
+        )
+        self.channelLookup[b"session"] = SFTPChannel
+        self.channels: set[SFTPChannel] = set()
+
+    def logout(self) -> None:
+        """
+        The SSH connection ended.
+        """
+        self.context.logged_out(self)
+
+
+class _Session:
+    """
+    What one SFTP session needs from the server (L{ISessionContext}).
+    """
+
+    def __init__(self, avatar: SFTPUser, peer: str) -> None:
+        context = avatar.context
+        self.user = avatar.user
+        self.peer = peer
+        self.tree = avatar.tree
+        self.intake = context.intake
+        self.max_handles = context.settings.max_handles
+        self.max_upload_size = context.settings.max_upload_size or None
+        self.started = context.started
+        self.run_blocking: Callable[..., Any] = context.run_blocking
+
+
+class SFTPChannel(SSHChannel):
+    """
+    A C{session} channel that can only become an SFTP session.
+    """
+
+    name = b"session"
+    _log = Logger()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["localWindow"] = CHANNEL_WINDOW
+        kwargs["localMaxPacket"] = CHANNEL_MAX_PACKET
+        super().__init__(*args, **kwargs)
+        self.protocol: SFTPServerProtocol | None = None
+
+    @property
+    def peer(self) -> str:
+        address = self.conn.transport.transport.getPeer()
+        host = getattr(address, "host", str(address))
+        port = getattr(address, "port", "")
+        return f"{host}:{port}" if port else str(host)
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self.avatar.channels.add(self)
+
+    def request_subsystem(self, data: bytes) -> int:
+        """
+        Start the SFTP subsystem; any other subsystem is refused.
+        """
+        name, _ = common.getNS(data)
+        if name != b"sftp" or self.protocol is not None:
+            self._log.warn(
+                "refused subsystem {subsystem} for {user}",
+                subsystem=name.decode("utf-8", "replace"),
+                user=self.avatar.user,
+            )
+            return 0
+        self.protocol = SFTPServerProtocol(_Session(self.avatar, self.peer))
+        self.protocol.makeConnection(self)
+        return 1
+
+    def _refuse_command(self, what: str) -> int:
+        self._log.warn(
+            "refused {what} request from {user} at {peer}",
+            what=what,
+            user=self.avatar.user,
+            peer=self.peer,
+        )
+        self.writeExtended(EXTENDED_DATA_STDERR, SFTP_ONLY)
+        self.conn.sendRequest(self, b"exit-status", struct.pack("!L", 1))
+        self.conn.sendEOF(self)
+        self.loseConnection()
+        return 1
+
+    def request_shell(self, data: bytes) -> int:
+        return self._refuse_command("shell")
+
+    def request_exec(self, data: bytes) -> int:
+        return self._refuse_command("exec")
+
+    def request_env(self, data: bytes) -> int:
+        # OpenSSH sends LANG and the like; they mean nothing to SFTP.
+        return 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.protocol is not None:
+            self.protocol.dataReceived(data)
+
+    def eofReceived(self) -> None:
+        # The client sends nothing more: the session is over.
+        self.conn.sendClose(self)
+
+    def closed(self) -> None:
+        self.avatar.channels.discard(self)
+        if self.protocol is not None:
+            protocol, self.protocol = self.protocol, None
+            protocol.connectionLost(Failure(ConnectionError("channel closed")))
+
+
+@implementer(IRealm)
+class SFTPRealm:
+    """
+    Makes an L{SFTPUser} for each authenticated user.
+    """
+
+    def __init__(self, context: SFTPContext) -> None:
+        self._context = context
+
+    def requestAvatar(
+        self, avatarId: bytes | str, mind: object, *interfaces: Any
+    ) -> tuple[Any, SFTPUser, Callable[[], None]]:
+        """
+        @param avatarId: the user name from the checker.
+        @return: C{(IConchUser, avatar, logout)}.
+        @raise NotImplementedError: no interface this realm provides was asked.
+        """
+        if IConchUser not in interfaces:
+            raise NotImplementedError("this realm only makes SSH avatars")
+        user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        avatar = SFTPUser(user, self._context)
+        self._context.logged_in(avatar)
+        return IConchUser, avatar, avatar.logout
+
+
+__all__ = ["SFTPChannel", "SFTPRealm", "SFTPUser"]

@@ -1,0 +1,276 @@
+"""
+The running server: wires settings, keys, users, archive, capture backend
+and SSH listener into one Twisted service, and runs the periodic jobs.
+
+Start order: the archive's folders and leftover staging files are dealt with,
+the capture backend starts (re-queuing tasks a crash interrupted), rule
+folders are created, and only then does the server listen.  Stop order is
+the reverse, and waits for every commit in progress, so that an upload whose
+CLOSE was being answered is never cut in half by a shutdown.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.cred.portal import Portal
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from quartet_sftpd.archive import Archive
+from quartet_sftpd.capture import ICaptureBackend
+from quartet_sftpd.config import ConfigError, Settings
+from quartet_sftpd.factory import SFTPFactory
+from quartet_sftpd.intake import Intake
+from quartet_sftpd.realm import SFTPRealm, SFTPUser
+from quartet_sftpd.sftp.registry import UploadRegistry
+from quartet_sftpd.sftp.tree import folder_names
+
+#: Seconds between removals of old quarantined uploads.
+PRUNE_INTERVAL = 3600.0
+
+
+class SFTPContext:
+    """
+    What every session shares: settings, the intake, the backend, and the
+    list of logged-in users.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: ICaptureBackend,
+        intake: Intake,
+        threadpool: ThreadPool,
+        reactor: Any,
+        users: Any,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.intake = intake
+        self.users = users
+        self.started = time.time()
+        self.avatars: set[SFTPUser] = set()
+        self._pool = threadpool
+        self._reactor = reactor
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run blocking work in the server's disk thread pool.
+
+        @return: a Deferred firing with C{f}'s result.
+        """
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def allowed_rules(self, user: str) -> set[str] | None:
+        """
+        The rules a user may see, or None for all of them.
+        """
+        rules = self.users.settings(user).get("rules") if self.users else None
+        return None if rules is None else set(rules)
+
+    def logged_in(self, avatar: SFTPUser) -> None:
+        self.avatars.add(avatar)
+
+    def logged_out(self, avatar: SFTPUser) -> None:
+        self.avatars.discard(avatar)
+
+
+class QuartetSFTPService(MultiService):
+    """
+    The whole server as one service for twistd.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host_keys: dict[bytes, Any],
+        portal_checkers: list[Any],
+        users: Any,
+        backend: ICaptureBackend,
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param settings: the loaded settings.
+        @param host_keys: private host keys by type.
+        @param portal_checkers: the credential checkers users log in with.
+        @param users: the user store.
+        @param backend: where archived uploads become tasks.
+        @param reactor: the reactor (default: the global one).
+        """
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.settings = settings
+        self.backend = backend
+        self.reactor = reactor
+        self.threadpool = ThreadPool(minthreads=1, maxthreads=8, name="quartet-sftpd-disk")
+        self.archive = Archive(
+            settings.archive,
+            gid=settings.group_id(),
+            file_mode=settings.file_mode,
+            quarantine=settings.quarantine_dir,
+            threadpool=self.threadpool,
+            reactor=reactor,
+        )
+        self.intake = Intake(
+            self.archive,
+            backend,
+            UploadRegistry(),
+            temp_patterns=settings.temp_patterns,
+            recent_visibility=settings.recent_visibility,
+            staged_max_age=settings.staged_max_age,
+        )
+        self.context = SFTPContext(
+            settings, backend, self.intake, self.threadpool, reactor, users
+        )
+        portal = Portal(SFTPRealm(self.context), portal_checkers)
+        self.factory = SFTPFactory(portal, host_keys)
+        self._folders: set[str] = set()
+
+        self.endpoint = serverFromString(reactor, settings.listen)
+        self.port: Any = None
+        self.ready: Deferred[None] = Deferred()
+        TimerService(settings.reload_interval, self.refresh).setServiceParent(self)
+        TimerService(PRUNE_INTERVAL, self.prune).setServiceParent(self)
+
+    def startService(self) -> None:
+        """
+        Prepare the archive, start the backend (which re-queues interrupted
+        tasks), and listen only once both are done.  L{ready} fires then; if
+        anything fails the reactor stops, since a server that cannot archive
+        must not accept uploads.
+        """
+        self.archive.prepare()
+        self.threadpool.start()
+        super().startService()
+        d = maybeDeferred(self.backend.start)
+        d.addCallback(lambda _: self._ensure_folders_now())
+        d.addCallback(lambda _: self.endpoint.listen(self.factory))
+        d.addCallbacks(self._listening, self._not_started)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        address = port.getHost()
+        self._log.info(
+            "quartet-sftpd listening on {host}:{port}; archive {archive}; "
+            "rules: {rules}",
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+            listen=self.settings.listen,
+            archive=str(self.settings.archive),
+            rules=", ".join(sorted(folder_names(self.backend.rule_names()))),
+        )
+        self.ready.callback(None)
+
+    def _not_started(self, failure: Failure) -> None:
+        self._log.failure("quartet-sftpd could not start", failure)
+        self.ready.errback(failure)
+        self.reactor.stop()
+
+    def _ensure_folders_now(self) -> None:
+        folders = sorted(folder_names(self.backend.rule_names()))
+        for folder in folders:
+            self.archive.ensure_rule_folder(folder)
+        self._folders = set(folders)
+
+    @inlineCallbacks
+    def refresh(self) -> Any:
+        """
+        Reload the rules if they changed, create archive folders for new
+        rules, and expire old entries of the upload registry.
+        """
+        try:
+            yield self.backend.refresh()
+            folders = set(folder_names(self.backend.rule_names()))
+            new = sorted(folders - self._folders)
+            if new:
+                yield self.archive.ensure_rule_folders(new)
+                self._log.info("new rule folders: {folders}", folders=", ".join(new))
+            self._folders = folders
+            yield self.intake.expire()
+        except Exception:
+            self._log.failure("periodic refresh failed")
+
+    @inlineCallbacks
+    def prune(self) -> Any:
+        """
+        Remove quarantined uploads older than C{partial_max_age}.
+        """
+        try:
+            removed = yield self.archive.prune_quarantine(self.settings.partial_max_age)
+            if removed:
+                self._log.info(
+                    "removed {count} quarantined uploads older than {days} days",
+                    count=removed,
+                    days=round(self.settings.partial_max_age / 86400, 1),
+                )
+        except Exception:
+            self._log.failure("pruning the quarantine failed")
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        if self.port is not None:
+            yield self.port.stopListening()
+        yield super().stopService()
+        for avatar in list(self.context.avatars):
+            for channel in list(avatar.channels):
+                channel.closed()
+        yield self.intake.drain()
+        yield self.backend.stop()
+        self.threadpool.stop()
+
+
+def build_service(settings: Settings, reactor: Any = None) -> QuartetSFTPService:
+    """
+    Build the server from its settings: load or create the host keys, open
+    the user store and the capture backend.
+
+    @raise ConfigError: host keys, rules or group cannot be used; the
+        message says which and how to fix it.
+    """
+    from quartet_sftpd.auth import make_checkers
+    from quartet_sftpd.capture.builtin import BuiltinBackend
+    from quartet_sftpd.hostkeys import fingerprints, load_or_create_host_keys
+    from quartet_sftpd.rules import RulesError, load_rules
+    from quartet_sftpd.users import UserStore
+
+    log = Logger(namespace="quartet_sftpd.service")
+    host_keys = load_or_create_host_keys(settings.keys)
+    for line in fingerprints(host_keys):
+        log.info("host key {fingerprint}", fingerprint=line)
+
+    if settings.capture != "builtin":
+        raise ConfigError(
+            f"capture = {settings.capture!r} is not available in this version; "
+            "use the built-in engine (capture = 'builtin')."
+        )
+    if settings.capture == "builtin":
+        try:
+            load_rules(settings.rules)
+        except RulesError as error:
+            raise ConfigError(str(error)) from None
+    users = UserStore(settings.users_dir)
+    backend = BuiltinBackend(settings, reactor=reactor)
+    return QuartetSFTPService(
+        settings,
+        host_keys=host_keys,
+        portal_checkers=make_checkers(users),
+        users=users,
+        backend=backend,
+        reactor=reactor,
+    )

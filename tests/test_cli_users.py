@@ -1,0 +1,243 @@
+"""
+The C{user} commands of the admin command, run through C{main()} against a
+key home in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from quartet_sftpd.cli import main
+from tests.sshkeys import private_key, public_line, write_keys
+
+ALICE = private_key("ed25519")
+SPARE = private_key("ecdsa")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """
+    A folder with two partners' public key files; the key home is
+    C{home/keys}, not created yet.
+    """
+    write_keys(tmp_path / "alice.pub", public_line(ALICE, "alice@acme"))
+    write_keys(tmp_path / "spare.pub", public_line(SPARE, "spare"))
+    return tmp_path
+
+
+def run(home: Path, *argv: str) -> int:
+    return main(["--keys", str(home / "keys"), *argv])
+
+
+def fingerprints(home: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    assert run(home, "user", "list", "--json") == 0
+    listing = json.loads(capsys.readouterr().out)
+    return {u["name"]: [k["fingerprint"] for k in u["keys"]] for u in listing["users"]}
+
+
+def test_user_add_writes_the_keys_file(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    C{user add} writes C{keys/users/NAME.keys} (0640) in a users folder
+    (0750) and prints the fingerprints it added.
+    """
+    assert run(home, "user", "add", "alice", "--key", str(home / "alice.pub")) == 0
+    out = capsys.readouterr().out
+    keys_file = home / "keys" / "users" / "alice.keys"
+    assert stat.S_IMODE(os.stat(keys_file).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(keys_file.parent).st_mode) == 0o750
+    assert keys_file.read_text() == public_line(ALICE, "alice@acme") + "\n"
+    assert "Added user alice" in out
+    assert "SHA256:" in out and "alice@acme" in out
+
+
+def test_user_add_with_several_key_files(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    C{--key} may be repeated; every key lands in the user's file.
+    """
+    assert (
+        run(
+            home,
+            "user",
+            "add",
+            "alice",
+            "--key",
+            str(home / "alice.pub"),
+            "--key",
+            str(home / "spare.pub"),
+        )
+        == 0
+    )
+    assert len(fingerprints(home, capsys)["alice"]) == 2
+
+
+def test_user_add_refuses_an_existing_user(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    Adding a user again fails with status 1 and one sentence that names
+    C{user key add}; the file is left as it was.
+    """
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    before = (home / "keys" / "users" / "alice.keys").read_bytes()
+    capsys.readouterr()
+    assert run(home, "user", "add", "alice", "--key", str(home / "spare.pub")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("quartet-sftpd: error: user alice already exists")
+    assert "user key add alice" in err
+    assert "Traceback" not in err
+    assert (home / "keys" / "users" / "alice.keys").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["user", "add", "Alice", "--key", "alice.pub"], "cannot be a user name"),
+        (["user", "add", "bob", "--key", "missing.pub"], "cannot read the key file"),
+        (["user", "remove", "nobody"], "there is no user nobody"),
+        (["user", "key", "add", "nobody", "alice.pub"], "user add nobody --key"),
+    ],
+)
+def test_refusals_are_one_sentence(
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    """
+    What the admin can fix is reported as one line on stderr, status 1.
+    """
+    monkeypatch.chdir(home)
+    assert run(home, *argv) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_private_key_file_is_refused(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    Giving a private key file by mistake is refused and nothing is written.
+    """
+    private = home / "id_ed25519"
+    private.write_bytes(ALICE.toString("OPENSSH"))
+    assert run(home, "user", "add", "alice", "--key", str(private)) == 1
+    assert "private key" in capsys.readouterr().err
+    assert not (home / "keys" / "users" / "alice.keys").exists()
+
+
+def test_config_errors_exit_2(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    A settings problem is reported in one sentence with status 2.
+    """
+    assert main(["--config", str(home / "nope.toml"), "user", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("quartet-sftpd: error: config file")
+    assert "Traceback" not in err
+
+
+def test_usage_errors_exit_2(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    No command, or a command without its arguments, prints the usage.
+    """
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().err
+    assert run(home, "user", "add", "alice") == 2
+    assert "--key" in capsys.readouterr().err
+
+
+def test_config_file_sets_the_key_home(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    Without C{--keys}, the key home comes from the config file, relative to
+    the file's folder.
+    """
+    config = home / "site" / "server.toml"
+    config.parent.mkdir()
+    config.write_text('keys = "partner-keys"\n')
+    argv = ["--config", str(config), "user", "add", "alice"]
+    assert main([*argv, "--key", str(home / "alice.pub")]) == 0
+    assert (home / "site" / "partner-keys" / "users" / "alice.keys").is_file()
+
+
+def test_user_list(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{user list} prints each user with its key fingerprints, limits, and a
+    warning for each line the server skips; C{--json} has stable fields.
+    """
+    assert run(home, "user", "list") == 0
+    assert "No users" in capsys.readouterr().out
+
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    write_keys(
+        home / "keys" / "users" / "bob.keys",
+        public_line(SPARE, "bob", 'from="10.0.0.0/8",expiry-time="20300101Z"'),
+        "ssh-ed25519 broken",
+    )
+    capsys.readouterr()
+    assert run(home, "user", "list") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "alice"
+    assert out[1].startswith("  SHA256:") and out[1].endswith("ssh-ed25519 alice@acme")
+    assert out[2] == "bob"
+    assert out[3].endswith("(from 10.0.0.0/8, expires 2030-01-01T00:00:00Z)")
+    assert out[4].startswith("  warning: line 2 is skipped")
+
+    assert run(home, "user", "list", "--json") == 0
+    listing = json.loads(capsys.readouterr().out)
+    bob = listing["users"][1]
+    assert bob["name"] == "bob"
+    assert bob["keys"] == [
+        {
+            "fingerprint": bob["keys"][0]["fingerprint"],
+            "type": "ecdsa-sha2-nistp256",
+            "comment": "bob",
+            "options": {"from": "10.0.0.0/8", "expiry-time": "20300101Z"},
+            "expires": "2030-01-01T00:00:00Z",
+        }
+    ]
+    assert len(bob["problems"]) == 1
+
+
+def test_user_remove(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{user remove} deletes the user's files; the user is gone from the list.
+    """
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    (home / "keys" / "users" / "alice.toml").write_text("x = 1\n")
+    assert run(home, "user", "remove", "alice") == 0
+    assert list((home / "keys" / "users").iterdir()) == []
+    assert fingerprints(home, capsys) == {}
+
+
+def test_user_key_add_and_remove(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    C{user key add} adds keys to an existing user (once each) and
+    C{user key remove} takes one away by its fingerprint, with or without
+    the C{SHA256:} prefix; the last key cannot be removed.
+    """
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    assert run(home, "user", "key", "add", "alice", str(home / "spare.pub")) == 0
+    assert run(home, "user", "key", "add", "alice", str(home / "spare.pub")) == 0
+    assert "already there" in capsys.readouterr().out
+    first, spare = fingerprints(home, capsys)["alice"]
+
+    bare = spare.removeprefix("SHA256:")
+    assert run(home, "user", "key", "remove", "alice", bare) == 0
+    assert fingerprints(home, capsys) == {"alice": [first]}
+    assert run(home, "user", "key", "remove", "alice", first) == 1
+    assert "last key" in capsys.readouterr().err

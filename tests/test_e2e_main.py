@@ -1,0 +1,206 @@
+"""
+The main job, end to end: the real twistd process, a partner with a fresh
+key, OpenSSH sftp and paramiko uploading the sample EPCIS document.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from .server import EPCIS_DIR, Server, make_key, require
+
+EPCIS = EPCIS_DIR / "epcis.xml"
+
+
+def _messages(task: dict) -> str:
+    return "\n".join(m["text"] for m in task["messages"])
+
+
+def test_upload_with_sftp_is_archived_and_captured(server: Server, client_key: Path) -> None:
+    """
+    The issue's walk-through: ls shows EPCIS, put epcis.xml, and within a
+    second the archive holds the identical bytes (mode 0640, the server's
+    group) and one FINISHED task counts the document's four events.
+    """
+    result = server.sftp("partner", client_key, "ls\n")
+    assert result.returncode == 0, result.stderr
+    assert "EPCIS" in result.stdout
+
+    started = time.monotonic()
+    result = server.sftp("partner", client_key, f"put {EPCIS} EPCIS/\n")
+    assert result.returncode == 0, result.stderr
+    [task] = server.wait_for_tasks(1)
+    assert time.monotonic() - started < 5
+
+    [archived] = server.archived()
+    assert archived.read_bytes() == EPCIS.read_bytes()
+    assert archived.name.startswith("epcis.xml-")
+    info = archived.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o640
+    assert info.st_gid == os.getegid()
+
+    assert task["status"] == "FINISHED", task
+    assert task["rule"] == "EPCIS"
+    assert task["user"] == "partner"
+    assert task["sha256"] == hashlib.sha256(EPCIS.read_bytes()).hexdigest()
+    details = server.task(task["name"])
+    text = _messages(details)
+    for kind in ("Object", "Aggregation", "Transaction", "Transformation"):
+        assert f"{kind}Event count: 1" in text, text
+    assert "Event count: 4" in text
+
+
+def test_refusals_are_clean_and_the_server_keeps_serving(
+    server: Server, client_key: Path, tmp_path: Path
+) -> None:
+    """
+    ls /etc, put ../../tmp/x and mkdir fail with a message; an unknown key is
+    refused; the server still serves afterwards.
+    """
+    sample = tmp_path / "x.xml"
+    sample.write_bytes(b"<x/>")
+    result = server.sftp(
+        "partner",
+        client_key,
+        f"-ls /etc\n-put {sample} ../../tmp/x\n-mkdir /new\nls /\n",
+    )
+    # OpenSSH's sftp prints its own text for each status code; clients that
+    # show the server's message (paramiko below, WinSCP, FileZilla) read
+    # the sentence that names the rule folders.
+    assert result.returncode == 0, result.stderr
+    assert '"/etc" not found' in result.stderr
+    assert '"/../../tmp/x": No such file or directory' in result.stderr
+    assert 'mkdir "/new": Permission denied' in result.stderr
+    assert not Path("/tmp/x").exists() or Path("/tmp/x").read_bytes() != b"<x/>"
+    assert server.archived() == []
+
+    stranger = make_key(tmp_path, "stranger")
+    result = server.sftp("partner", stranger, "ls\n")
+    assert result.returncode != 0
+    assert "Permission denied" in result.stderr
+
+    result = server.sftp("partner", client_key, f"put {sample} EPCIS/\n")
+    assert result.returncode == 0, result.stderr
+    server.wait_for_tasks(1)
+
+
+def test_shell_and_exec_are_refused_politely(server: Server, client_key: Path) -> None:
+    result = subprocess.run(
+        [require("ssh"), "-p", str(server.port)]
+        + server.ssh_options(client_key)
+        + ["partner@127.0.0.1", "ls", "/"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "SFTP only" in result.stderr
+    assert result.stdout == ""
+
+
+def test_paramiko_put_with_confirm(server: Server, client_key: Path) -> None:
+    """
+    paramiko's put(confirm=True) STATs the file right after CLOSE; the
+    just-uploaded file is visible with its final size.
+    """
+    transport = paramiko.Transport(("127.0.0.1", server.port))
+    try:
+        transport.connect(
+            username="partner", pkey=paramiko.Ed25519Key.from_private_key_file(str(client_key))
+        )
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        assert "EPCIS" in sftp.listdir("/")
+        attrs = sftp.put(str(EPCIS), "/EPCIS/from-paramiko.xml", confirm=True)
+        assert attrs.st_size == EPCIS.stat().st_size
+        with pytest.raises(IOError) as refused:
+            sftp.listdir("/etc")
+        assert "There is no folder /etc" in str(refused.value)
+        assert "Upload files into one of the rule folders: /EPCIS" in str(refused.value)
+        with pytest.raises(IOError) as refused:
+            sftp.mkdir("/new")
+        assert "Folders cannot be created here" in str(refused.value)
+    finally:
+        transport.close()
+    [task] = server.wait_for_tasks(1)
+    assert task["file"] == "from-paramiko.xml"
+    assert server.archived()[0].read_bytes() == EPCIS.read_bytes()
+
+
+def test_users_and_rules_change_without_restart(
+    tmp_path: Path, client_key: Path
+) -> None:
+    """
+    A user added while the server runs can log in at once, a removed one
+    cannot; a rule added to the rules file appears as a folder and gets its
+    archive folder, with the configured group and mode 0775.
+    """
+    group = grp.getgrnam("daemon")
+    home = tmp_path / "home"
+    home.mkdir()
+    rules = home / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nname = "EPCIS"\n[[rule.step]]\nname = "Well-formed"\n'
+        'class = "quartet_sftpd.steps.WellFormedXML"\n'
+    )
+    server = Server(home, {"rules": "rules.toml", "group": "daemon"})
+    server.start()
+    try:
+        assert "Permission denied" in server.sftp("newbie", client_key, "ls\n").stderr
+        server.add_user("newbie", client_key)
+        assert server.sftp("newbie", client_key, "ls\n").returncode == 0
+
+        rules.write_text(
+            rules.read_text()
+            + '[[rule]]\nname = "Shipping Notices"\n[[rule.step]]\nname = "W"\n'
+            'class = "quartet_sftpd.steps.WellFormedXML"\n'
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            listing = server.sftp("newbie", client_key, "ls\n").stdout
+            if "Shipping-Notices" in listing:
+                break
+            time.sleep(0.2)
+        assert "Shipping-Notices" in listing
+        folder = server.archive / "Shipping-Notices"
+        assert folder.is_dir()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o775
+        assert folder.stat().st_gid == group.gr_gid
+
+        result = server.sftp("newbie", client_key, f"put {EPCIS} Shipping-Notices/\n")
+        assert result.returncode == 0, result.stderr
+        [task] = server.wait_for_tasks(1)
+        assert task["rule"] == "Shipping Notices"
+        assert server.archived("Shipping-Notices")[0].stat().st_gid == group.gr_gid
+
+        assert server.cli("user", "remove", "newbie").returncode == 0
+        assert server.sftp("newbie", client_key, "ls\n").returncode != 0
+    finally:
+        server.stop()
+
+
+def test_host_keys_are_kept_across_restarts(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    server = Server(home)
+    server.start()
+    server.stop()
+    first = {p.name: p.read_bytes() for p in (home / "keys").glob("ssh_host_*")}
+    assert set(first) >= {"ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key"}
+    for name in first:
+        if not name.endswith(".pub"):
+            assert stat.S_IMODE((home / "keys" / name).stat().st_mode) == 0o600
+    server.start()
+    server.stop()
+    second = {p.name: p.read_bytes() for p in (home / "keys").glob("ssh_host_*")}
+    assert first == second
+    assert "ssh-ed25519 SHA256:" in server.log()

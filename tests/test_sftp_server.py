@@ -1,0 +1,393 @@
+"""
+The SFTP protocol's policy, tested without sockets: a packet-level client
+talks to the server protocol over a StringTransport, with a real archive in
+a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from twisted.conch.ssh import filetransfer as fx
+
+from quartet_sftpd.sftp.server import EXTENSIONS
+from quartet_sftpd.sftp.wire import string, u32, u64
+
+from .sftp_client import WRITE_CREATE, Harness
+
+EPCIS = Path(__file__).parent / "data" / "epcis" / "epcis.xml"
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path, rules=("EPCIS", "Shipping Notices", "A-B"))
+
+
+def test_version_advertises_exactly_the_implemented_extensions(harness: Harness) -> None:
+    """
+    INIT is answered with version 3 and the extensions this server
+    implements, and nothing else (no hardlink).
+    """
+    client = harness.connect()
+    assert client.init() == EXTENSIONS
+    assert b"hardlink@openssh.com" not in EXTENSIONS
+
+
+def test_root_lists_one_folder_per_rule(harness: Harness) -> None:
+    """
+    / lists ., .. and one folder per rule, spaces shown as dashes, a rule
+    with its own dashes reachable; longnames start with d as FileZilla needs.
+    """
+    client = harness.connect()
+    entries = client.listdir("/")
+    names = [name for name, _, _ in entries]
+    assert names == [".", "..", "A-B", "EPCIS", "Shipping-Notices"]
+    for name, long, attrs in entries:
+        assert long.startswith("d"), long
+        assert stat.S_ISDIR(attrs["permissions"])  # type: ignore[arg-type]
+        assert long.endswith(" " + name)
+
+
+def test_complete_upload_is_archived_and_submitted(harness: Harness) -> None:
+    """
+    OPEN, WRITE, CLOSE: the archive holds exactly the bytes, mode 0640, and
+    the backend got the upload with its sha256 before CLOSE was answered.
+    """
+    data = EPCIS.read_bytes()
+    client = harness.connect()
+    code, message = client.upload("/EPCIS/epcis.xml", data, chunk=4000)
+
+    assert code == fx.FX_OK
+    assert "task-1" in message
+    [archived] = harness.archived()
+    assert archived.read_bytes() == data
+    assert archived.name.startswith("epcis.xml-")
+    assert stat.S_IMODE(archived.stat().st_mode) == 0o640
+    [upload] = harness.backend.submitted
+    assert (upload.user, upload.rule, upload.name) == ("alice", "EPCIS", "epcis.xml")
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
+    assert upload.size == len(data)
+    assert upload.archive_path == archived
+
+
+def test_writes_out_of_order_land_at_their_offsets(harness: Harness) -> None:
+    """
+    Pipelined writes that arrive in any order give the exact file.
+    """
+    data = os.urandom(100_000)
+    client = harness.connect()
+    handle = client.open("/EPCIS/random.bin")
+    chunks = [(o, data[o : o + 7000]) for o in range(0, len(data), 7000)]
+    for offset, chunk in reversed(chunks):
+        assert client.write(handle, offset, chunk)[0] == fx.FX_OK
+    assert client.close(handle)[0] == fx.FX_OK
+    assert harness.archived()[0].read_bytes() == data
+    assert harness.backend.submitted[0].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_hole_fails_close_and_quarantines(harness: Harness) -> None:
+    """
+    A CLOSE with bytes missing below the size fails with a sentence, no task
+    is made and the bytes go to quarantine.
+    """
+    client = harness.connect()
+    handle = client.open("/EPCIS/holey.xml")
+    client.write(handle, 0, b"a" * 100)
+    client.write(handle, 200, b"b" * 100)
+    code, message = client.close(handle)
+
+    assert code == fx.FX_FAILURE
+    assert "incomplete: bytes 100 to 199 never arrived" in message
+    assert harness.backend.submitted == []
+    assert harness.archived() == []
+    [partial] = harness.quarantined()
+    meta = json.loads(partial.with_name(partial.name + ".json").read_text())
+    assert meta["user"] == "alice" and meta["name"] == "holey.xml"
+    assert meta["bytes_received"] == 300
+
+
+def test_connection_lost_before_close_is_an_abort(harness: Harness) -> None:
+    """
+    Losing the connection with a file open runs no rule and archives
+    nothing: the partial bytes are quarantined with who, what and how much.
+    """
+    client = harness.connect()
+    handle = client.open("/EPCIS/cut.xml")
+    client.write(handle, 0, b"<half")
+    client.protocol.connectionLost()
+
+    assert harness.backend.submitted == []
+    assert harness.archived() == []
+    [partial] = harness.quarantined()
+    assert partial.read_bytes() == b"<half"
+    meta = json.loads(partial.with_name(partial.name + ".json").read_text())
+    assert meta["rule"] == "EPCIS"
+    assert meta["bytes_received"] == 5
+    assert "connection was lost" in meta["reason"]
+
+
+def test_close_then_connection_lost_still_completes(harness: Harness) -> None:
+    """
+    A CLOSE that arrived just before the connection dropped completes.
+    """
+    client = harness.connect()
+    handle = client.open("/EPCIS/last.xml")
+    client.write(handle, 0, b"<x/>")
+    client.request(fx.FXP_CLOSE, string(handle))
+    client.protocol.connectionLost()
+
+    [upload] = harness.backend.submitted
+    assert upload.name == "last.xml"
+    assert harness.quarantined() == []
+
+
+def test_temporary_name_is_staged_and_rename_completes(harness: Harness) -> None:
+    """
+    WinSCP's habit: upload x.filepart, RENAME to x, SETSTAT.  Only the rename
+    runs the rule, once, under the final name.
+    """
+    client = harness.connect()
+    assert client.upload("/EPCIS/report.xml.filepart", b"<report/>")[0] == fx.FX_OK
+    assert harness.backend.submitted == []
+
+    client.request(
+        fx.FXP_RENAME,
+        string(b"/EPCIS/report.xml.filepart"),
+        string(b"/EPCIS/report.xml"),
+    )
+    code, message = client.one().status()
+    assert code == fx.FX_OK, message
+    [upload] = harness.backend.submitted
+    assert upload.name == "report.xml"
+    assert upload.archive_path.read_bytes() == b"<report/>"
+
+    # SETSTAT after the rename succeeds and shows in STAT.
+    client.request(
+        fx.FXP_SETSTAT,
+        string(b"/EPCIS/report.xml"),
+        u32(fx.FILEXFER_ATTR_ACMODTIME) + u32(1_000_000) + u32(1_000_000),
+    )
+    assert client.one().status()[0] == fx.FX_OK
+    reply = client.path_request(fx.FXP_STAT, "/EPCIS/report.xml")
+    attrs = reply.body.attrs()
+    assert attrs["mtime"] == 1_000_000 and attrs["size"] == 9
+
+
+def test_zero_byte_upload_is_complete(harness: Harness) -> None:
+    """
+    An empty file is an upload like any other: archived and submitted.
+    """
+    client = harness.connect()
+    handle = client.open("/EPCIS/empty.xml")
+    assert client.close(handle)[0] == fx.FX_OK
+    [upload] = harness.backend.submitted
+    assert upload.size == 0
+    assert upload.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_uploader_sees_recent_upload_and_others_do_not(harness: Harness) -> None:
+    """
+    A completed upload is listed and STATable for its uploader with its
+    final size; another user sees an empty folder.
+    """
+    alice = harness.connect("alice")
+    alice.upload("/EPCIS/mine.xml", b"12345")
+    names = [(n, a.get("size")) for n, _, a in alice.listdir("/EPCIS")]
+    assert ("mine.xml", 5) in names
+
+    bob = harness.connect("bob")
+    assert [n for n, _, _ in bob.listdir("/EPCIS")] == [".", ".."]
+    code, _ = bob.path_request(fx.FXP_STAT, "/EPCIS/mine.xml").status()
+    assert code == fx.FX_NO_SUCH_FILE
+
+
+def test_same_name_twice_gives_two_archives(harness: Harness) -> None:
+    """
+    Two sessions uploading the same name at once get two archives, each with
+    its own bytes.
+    """
+    one, two = harness.connect("alice"), harness.connect("bob")
+    h1, h2 = one.open("/EPCIS/same.xml"), two.open("/EPCIS/same.xml")
+    one.write(h1, 0, b"first")
+    two.write(h2, 0, b"second")
+    assert two.close(h2)[0] == fx.FX_OK
+    assert one.close(h1)[0] == fx.FX_OK
+    contents = sorted(p.read_bytes() for p in harness.archived())
+    assert contents == [b"first", b"second"]
+
+
+def test_fstat_reports_bytes_received(harness: Harness) -> None:
+    client = harness.connect()
+    handle = client.open("/EPCIS/f.bin")
+    client.write(handle, 0, b"x" * 1234)
+    client.request(fx.FXP_FSTAT, string(handle))
+    reply = client.one()
+    attrs = reply.body.attrs()
+    assert attrs["size"] == 1234
+    assert stat.S_ISREG(attrs["permissions"])  # type: ignore[arg-type]
+
+
+def test_fsetstat_size_truncates_like_scp(harness: Harness) -> None:
+    """
+    OpenSSH scp opens without TRUNC, writes, then sets the final size.
+    """
+    client = harness.connect()
+    handle = client.open("/EPCIS/scp.bin", fx.FXF_WRITE | fx.FXF_CREAT)
+    client.write(handle, 0, b"abcdefgh")
+    client.request(
+        fx.FXP_FSETSTAT, string(handle), u32(fx.FILEXFER_ATTR_SIZE) + u64(5)
+    )
+    assert client.one().status()[0] == fx.FX_OK
+    assert client.close(handle)[0] == fx.FX_OK
+    assert harness.archived()[0].read_bytes() == b"abcde"
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("", "/"),
+        (".", "/"),
+        ("/EPCIS/../EPCIS/./x.xml", "/EPCIS/x.xml"),
+        ("../../..", "/"),
+        ("EPCIS", "/EPCIS"),
+        ("/nothing-here", "/nothing-here"),
+    ],
+)
+def test_realpath_follows_openssh(harness: Harness, path: str, expected: str) -> None:
+    assert harness.connect().realpath(path) == expected
+
+
+def test_realpath_missing_parent_is_no_such_file(harness: Harness) -> None:
+    code, message = harness.connect().realpath("/nowhere/x.xml")
+    assert code == fx.FX_NO_SUCH_FILE
+    assert "/EPCIS" in message
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../tmp/x", "/x.xml", "/EPCIS/a/b"])
+def test_uploads_outside_rule_folders_are_refused(harness: Harness, path: str) -> None:
+    """
+    Nothing outside the rule folders is reachable; the refusal names where
+    files go.
+    """
+    code, message = harness.connect().open_status(path)
+    assert code in (fx.FX_NO_SUCH_FILE, fx.FX_FAILURE)
+    assert "EPCIS" in message
+    assert harness.backend.submitted == []
+
+
+def test_names_that_cannot_be_stored_are_refused(harness: Harness) -> None:
+    client = harness.connect()
+    for name, words in [
+        (b"/EPCIS/a\\b.xml", "backslash"),
+        (b"/EPCIS/" + b"n" * 256, "longer than 255"),
+        (b"/EPCIS/\xff\xfe.xml", "UTF-8"),
+        (b"/EPCIS/a\x00b", "NUL"),
+    ]:
+        client.request(fx.FXP_OPEN, string(name), u32(WRITE_CREATE), u32(0))
+        code, message = client.one().status()
+        assert code == fx.FX_FAILURE
+        assert words in message
+
+
+def test_unicode_names_are_kept(harness: Harness) -> None:
+    client = harness.connect()
+    name = "Lieferschein ÄÖÜ 出荷.xml"
+    assert client.upload(f"/EPCIS/{name}", b"<x/>")[0] == fx.FX_OK
+    assert harness.backend.submitted[0].name == name
+    assert harness.archived()[0].name.startswith(name + "-")
+
+
+def test_long_name_fits_the_archive(harness: Harness) -> None:
+    """
+    A 255-byte name still archives: shortened, with its unique suffix, while
+    the task keeps the full name.
+    """
+    name = "é" * 127 + "x"
+    assert len(name.encode()) == 255
+    client = harness.connect()
+    assert client.upload(f"/EPCIS/{name}", b"1")[0] == fx.FX_OK
+    assert harness.backend.submitted[0].name == name
+    assert len(harness.archived()[0].name.encode()) <= 255
+
+
+def test_every_malformed_request_gets_a_reply(harness: Harness) -> None:
+    """
+    Trailing bytes, a bad handle, an unknown extension or packet type: the
+    client always gets a status, never silence or a traceback.
+    """
+    client = harness.connect()
+    client.init()
+    client.request(fx.FXP_REALPATH, string(b"/"), b"junk")
+    assert client.one().status()[0] == fx.FX_BAD_MESSAGE
+    client.request(fx.FXP_CLOSE, string(b"no-such-handle"))
+    code, message = client.one().status()
+    assert code == fx.FX_FAILURE and "handle" in message
+    client.request(fx.FXP_EXTENDED, string(b"hardlink@openssh.com"), string(b"a"), string(b"b"))
+    assert client.one().status()[0] == fx.FX_OP_UNSUPPORTED
+    client.request(fx.FXP_EXTENDED, string(b"nonsense@example.com"))
+    assert client.one().status()[0] == fx.FX_OP_UNSUPPORTED
+    client.request(99)
+    assert client.one().status()[0] == fx.FX_OP_UNSUPPORTED
+    client.request(fx.FXP_WRITE, b"\x00\x00")
+    code, message = client.one().status()
+    assert code == fx.FX_BAD_MESSAGE
+    assert "Traceback" not in message
+
+
+def test_folders_cannot_be_made_or_removed(harness: Harness) -> None:
+    client = harness.connect()
+    reply = client.path_request(fx.FXP_MKDIR, "/new")
+    assert reply.kind == fx.FXP_STATUS
+    client.replies()
+    client.request(fx.FXP_MKDIR, string(b"/new"), u32(0))
+    code, message = client.one().status()
+    assert code == fx.FX_PERMISSION_DENIED
+    assert "Upload files into one of the rule folders" in message
+    code, _ = client.path_request(fx.FXP_RMDIR, "/EPCIS").status()
+    assert code == fx.FX_PERMISSION_DENIED
+
+
+def test_reading_is_refused(harness: Harness) -> None:
+    code, message = harness.connect().open_status("/EPCIS/x.xml", fx.FXF_READ)
+    assert code == fx.FX_PERMISSION_DENIED
+    assert "only receives files" in message
+
+
+def test_disk_full_fails_write_with_reason(harness: Harness, tmp_path: Path) -> None:
+    """
+    A write the disk refuses (here /dev/full, which always answers ENOSPC)
+    fails with a readable status, the CLOSE fails too, and nothing reaches
+    the archive or the backend.
+    """
+    client = harness.connect()
+    handle = client.open("/EPCIS/full.xml")
+    upload = client.protocol._handles[handle]
+    os.close(upload.fd)  # type: ignore[union-attr]
+    upload.fd = os.open("/dev/full", os.O_WRONLY)  # type: ignore[union-attr]
+
+    code, message = client.write(handle, 0, b"data")
+    assert code == fx.FX_FAILURE
+    assert "disk is full" in message
+    code, message = client.close(handle)
+    assert code == fx.FX_FAILURE and "disk is full" in message
+    assert harness.backend.submitted == []
+    assert harness.archived() == []
+
+
+def test_statvfs_and_limits_extensions(harness: Harness) -> None:
+    client = harness.connect()
+    client.request(fx.FXP_EXTENDED, string(b"statvfs@openssh.com"), string(b"/EPCIS"))
+    reply = client.one()
+    assert reply.kind == fx.FXP_EXTENDED_REPLY
+    block_size = reply.body.u64()
+    assert block_size == os.statvfs(harness.archive.root).f_bsize
+    client.request(fx.FXP_EXTENDED, string(b"limits@openssh.com"))
+    reply = client.one()
+    assert reply.kind == fx.FXP_EXTENDED_REPLY
+    max_packet, max_read, max_write, max_handles = (reply.body.u64() for _ in range(4))
+    assert max_write >= 32768 and max_handles == 8

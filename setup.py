@@ -28,6 +28,8 @@ setup(
         "bcrypt>=4",
         "pyasn1>=0.5",
         "defusedxml>=0.7",
+        "prometheus-client>=0.20",
+        "tomli-w>=1.0",
     ],
     extras_require={
         "test": [
@@ -36,6 +38,7 @@ setup(
             "hypothesis>=6",
             "paramiko>=3.4",
             "asyncssh>=2.14",
+            "ssh-audit>=3.1",
         ],
     },
     entry_points={

@@ -23,14 +23,17 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+from quartet_sftpd.prune import prune_quarantine
 
 _T = TypeVar("_T")
 
@@ -195,7 +198,9 @@ class Archive:
         """
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
-    def commit(self, staging: Path, fd: int | None, folder: str, name: str) -> Deferred[Committed]:
+    def commit(
+        self, staging: Path, fd: int | None, folder: str, name: str
+    ) -> Deferred[Committed]:
         """
         Make a finished upload permanent: fsync its bytes, give it its group
         and mode, hash it, move it atomically into the rule's archive folder
@@ -212,7 +217,9 @@ class Archive:
         """
         return self._in_thread(self._commit, staging, fd, folder, name)
 
-    def _commit(self, staging: Path, fd: int | None, folder: str, name: str) -> Committed:
+    def _commit(
+        self, staging: Path, fd: int | None, folder: str, name: str
+    ) -> Committed:
         if fd is None:
             fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -230,33 +237,68 @@ class Archive:
         return Committed(target, size, digest)
 
     def quarantine_upload(
-        self, staging: Path, fd: int | None, meta: dict[str, Any]
+        self,
+        staging: Path,
+        fd: int | None,
+        meta: dict[str, Any],
+        *,
+        keep_bytes: bool = True,
     ) -> Deferred[Path]:
         """
         Move an aborted or refused upload out of the way, with a JSON sidecar
         saying whose it was and why it stopped.
 
+        The sidecar's C{bytes_kept} says how many bytes the quarantined file
+        holds.  It is 0 when C{keep_bytes} is false (an upload the full disk
+        stopped: its bytes would only keep the disk full) and also when the
+        disk is too full to write even the sidecar: then the bytes are given
+        up so that the record of what arrived can be written.
+
         @param staging: the staging file.
         @param fd: its open descriptor, which this closes, or None.
         @param meta: what to record (user, rule, name, reason...); the bytes
-            received and the time are added.
-        @return: a Deferred firing with the quarantined file's path.
+            received (unless given), the bytes kept and the time are added.
+        @param keep_bytes: whether to keep the partial bytes.
+        @return: a Deferred firing with the quarantined file's path, or
+            failing with the L{OSError} that stopped the move (the staging
+            file then stays, and L{prepare} quarantines it at the next start).
         """
 
         def move() -> Path:
             if fd is not None:
                 os.close(fd)
-            return self._quarantine_file(staging, meta)
+            return self._quarantine_file(staging, meta, keep_bytes)
 
         return self._in_thread(move)
 
-    def _quarantine_file(self, staging: Path, meta: dict[str, Any]) -> Path:
+    def _quarantine_file(
+        self, staging: Path, meta: dict[str, Any], keep_bytes: bool = True
+    ) -> Path:
         target = self.quarantine / staging.name
         record = dict(meta)
         record.setdefault("bytes_received", staging.stat().st_size)
         record["quarantined"] = time.time()
+        if not keep_bytes:
+            os.truncate(staging, 0)
+        record["bytes_kept"] = staging.stat().st_size
         sidecar = target.with_name(target.name + ".json")
-        sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        try:
+            _write_json(sidecar, record)
+        except OSError as error:
+            if (
+                error.errno not in (errno.ENOSPC, errno.EDQUOT)
+                or not record["bytes_kept"]
+            ):
+                raise
+            os.truncate(staging, 0)
+            record["bytes_kept"] = 0
+            _write_json(sidecar, record)
+            self._log.warn(
+                "the disk is too full to quarantine {path} with its bytes; kept "
+                "only its record, {sidecar}",
+                path=str(staging),
+                sidecar=str(sidecar),
+            )
         os.rename(staging, target)
         _fsync_dir(self.quarantine)
         return target
@@ -277,28 +319,24 @@ class Archive:
 
         return self._in_thread(remove)
 
-    def prune_quarantine(self, max_age: float, now: float | None = None) -> Deferred[int]:
+    def prune_quarantine(
+        self, max_age: float, now: float | None = None
+    ) -> Deferred[int]:
         """
-        Remove quarantined uploads older than C{max_age} seconds.
+        Remove quarantined uploads quarantined more than C{max_age} seconds
+        ago, with their sidecars.  The age counts from the sidecar's writing
+        (the file's own time is its last write, which may be much earlier);
+        a file without a sidecar counts from its last write.  Sidecars left
+        without their file are removed at the same age.
 
+        @param max_age: seconds a quarantined upload is kept.
+        @param now: the current POSIX time (default: the clock's).
         @return: a Deferred firing with the number of uploads removed.
         """
 
         def prune() -> int:
             limit = (now if now is not None else time.time()) - max_age
-            removed = 0
-            for entry in self.quarantine.iterdir():
-                if entry.suffix == ".json":
-                    continue
-                try:
-                    if entry.stat().st_mtime >= limit:
-                        continue
-                    entry.unlink()
-                except FileNotFoundError:
-                    continue
-                entry.with_name(entry.name + ".json").unlink(missing_ok=True)
-                removed += 1
-            return removed
+            return len(prune_quarantine(self.quarantine, limit))
 
         return self._in_thread(prune)
 
@@ -322,6 +360,13 @@ def _hash_fd(fd: int) -> tuple[int, str]:
         digest.update(chunk)
         offset += len(chunk)
     return offset, digest.hexdigest()
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """
+    Write a JSON record, replacing any earlier (perhaps cut short) one.
+    """
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _fsync_dir(path: Path) -> None:

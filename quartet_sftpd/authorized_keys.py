@@ -16,7 +16,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
 from twisted.conch.ssh.common import getNS
@@ -121,7 +121,7 @@ def _parse_expiry(value: str) -> float:
             f'expiry-time="{value}" is not a time: write YYYYMMDD[HHMM[SS]][Z]'
         ) from None
     if digits != value:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

@@ -67,6 +67,14 @@ class Settings:
     recent_visibility: float = 600.0
     #: Threads that run rules at once.
     rule_workers: int = 4
+    #: Seconds a rule's quick checks may hold the client's CLOSE reply.
+    check_timeout: float = 2.0
+    #: Seconds within which the same bytes to the same rule are a duplicate.
+    duplicate_window: float = 7 * 24 * 3600.0
+    #: Days of a partner's uploads listed in each rule folder's @results.
+    results_days: float = 30.0
+    #: Twisted endpoint serving Prometheus metrics at /metrics; "" is off.
+    metrics_listen: str = ""
     #: Seconds between checks of the rules file and the user folder.
     reload_interval: float = 2.0
 
@@ -74,6 +82,34 @@ class Settings:
     max_handles: int = 64
     #: Largest upload accepted, in bytes; 0 means no limit.
     max_upload_size: int = 0
+
+    #: Whether users who have a password may log in with it.
+    password_auth: bool = True
+    #: Logged-in connections at once, all users together; 0 means no limit.
+    max_sessions: int = 100
+    #: Logged-in connections one user may hold at once (a user's own
+    #: C{max_sessions} setting overrides it); 0 means no limit.  rclone
+    #: alone opens up to its transfers plus checkers (12 by default).
+    max_user_sessions: int = 20
+    #: Connections not logged in yet, at once; more are closed at connect.
+    max_unauthenticated: int = 64
+    #: Channels (SFTP sessions) one connection may have open at once, as
+    #: OpenSSH's MaxSessions; 0 means no limit.
+    max_channels: int = 10
+    #: Seconds a logged-in connection may stay silent before it is closed;
+    #: 0 means never.
+    idle_timeout: float = 1800.0
+    #: Seconds a client has from connecting to logging in; 0 means no limit.
+    login_grace_time: float = 120.0
+    #: Failed logins from one address within C{ban_window} that ban it;
+    #: 0 turns bans off.
+    ban_threshold: int = 10
+    #: Seconds over which failed logins are counted.
+    ban_window: float = 600.0
+    #: Seconds of a first ban; each further ban of the address doubles it.
+    ban_time: float = 600.0
+    #: The longest ban, and how long past bans are remembered, in seconds.
+    ban_max_time: float = 86400.0
 
     #: Lowest level of log events written: debug, info, warn or error.
     log_level: str = "info"
@@ -123,6 +159,22 @@ class Settings:
             ) from None
 
 
+#: Limits for which a negative value is refused at start.
+_NOT_NEGATIVE = (
+    "max_handles",
+    "max_upload_size",
+    "max_sessions",
+    "max_user_sessions",
+    "max_unauthenticated",
+    "max_channels",
+    "idle_timeout",
+    "login_grace_time",
+    "ban_threshold",
+    "ban_window",
+    "ban_time",
+    "ban_max_time",
+)
+
 _PATH_KEYS = ("keys", "archive", "rules", "db", "quarantine")
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
@@ -146,6 +198,13 @@ def _coerce(name: str, value: Any, base: Path) -> Any:
         if isinstance(value, str):
             value = [p.strip() for p in value.split(",") if p.strip()]
         return tuple(str(p) for p in value)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in ("true", "false", "yes", "no", "1", "0"):
+            raise ValueError(value)
+        return text in ("true", "yes", "1")
     if isinstance(default, float):
         return float(value)
     if isinstance(default, int):
@@ -180,7 +239,9 @@ def load_settings(
                 "--config out to start on the defaults."
             ) from None
         except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {path} is not valid TOML: {error}.") from None
+            raise ConfigError(
+                f"config file {path} is not valid TOML: {error}."
+            ) from None
         base = path.parent
         unknown = sorted(set(raw) - set(_FIELDS))
         if unknown:
@@ -219,6 +280,9 @@ def load_settings(
         )
     if settings.rule_workers < 1:
         raise ConfigError("rule_workers must be at least 1.")
+    for name in _NOT_NEGATIVE:
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name} cannot be negative; use 0 for no limit.")
     return settings
 
 

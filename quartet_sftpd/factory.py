@@ -3,7 +3,18 @@ The SSH factory: host keys, the algorithms offered, and the services.
 
 The algorithm lists keep what current clients need and drop what ssh-audit
 fails: SHA-1 and MD5 MACs, SHA-1 key exchange, SHA-1 RSA signatures
-(C{ssh-rsa}), DSA, CBC modes and 3DES.
+(C{ssh-rsa}), DSA, CBC modes, 3DES, and the NIST curves (ECDH key exchange
+and ECDSA host keys).  Every client tested still finds a match:
+
+ - OpenSSH 9.9 and later take C{mlkem768x25519-sha256}, older ones, libssh2
+   (curl), Go (rclone), paramiko and asyncssh C{curve25519-sha256};
+ - Java clients without Curve25519 (JSch forks on Java 8, Apache MINA) take
+   C{diffie-hellman-group-exchange-sha256} with an C{rsa-sha2-512} host
+   key.  The original JSch 0.1.55 knows neither RSA-SHA2 nor Ed25519 host
+   keys and cannot connect; its maintained fork can.
+
+Conch offers no fixed-group C{diffie-hellman-group14-sha256} or
+C{group16-sha512}; group exchange covers the clients that would use them.
 """
 
 from __future__ import annotations
@@ -24,16 +35,12 @@ KEY_EXCHANGES = [
     b"mlkem768x25519-sha256",
     b"curve25519-sha256",
     b"curve25519-sha256@libssh.org",
-    b"ecdh-sha2-nistp256",
-    b"ecdh-sha2-nistp384",
-    b"ecdh-sha2-nistp521",
     b"diffie-hellman-group-exchange-sha256",
 ]
 CIPHERS = [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
 MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
 HOST_KEY_ALGORITHMS = [
     b"ssh-ed25519",
-    b"ecdsa-sha2-nistp256",
     b"rsa-sha2-512",
     b"rsa-sha2-256",
 ]
@@ -46,9 +53,13 @@ class SFTPServerTransport(transport.SSHServerTransport):
     """
 
     supportedKeyExchanges = [
-        k for k in KEY_EXCHANGES if k in transport.SSHTransportBase.supportedKeyExchanges
+        k
+        for k in KEY_EXCHANGES
+        if k in transport.SSHTransportBase.supportedKeyExchanges
     ]
-    supportedCiphers = [c for c in CIPHERS if c in transport.SSHTransportBase.supportedCiphers]
+    supportedCiphers = [
+        c for c in CIPHERS if c in transport.SSHTransportBase.supportedCiphers
+    ]
     supportedMACs = MACS
     ourVersionString = b"SSH-2.0-quartet_sftpd"
 
@@ -99,5 +110,7 @@ class SFTPFactory(SSHFactory):
 
     def buildProtocol(self, addr: Any) -> SFTPServerTransport:
         t = super().buildProtocol(addr)
-        t.supportedPublicKeys = [a for a in t.supportedPublicKeys if a in HOST_KEY_ALGORITHMS]
+        t.supportedPublicKeys = [
+            a for a in t.supportedPublicKeys if a in HOST_KEY_ALGORITHMS
+        ]
         return t

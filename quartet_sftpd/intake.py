@@ -21,7 +21,8 @@ import errno
 import fnmatch
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.ssh.filetransfer import (
     FX_FAILURE,
@@ -34,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from quartet_sftpd.archive import Archive, Committed
-from quartet_sftpd.capture import ArchivedUpload, ICaptureBackend
+from quartet_sftpd.capture import ArchivedUpload, ICaptureBackend, UploadRejected
 from quartet_sftpd.sftp.registry import (
     DONE,
     PARTIAL,
@@ -45,6 +46,9 @@ from quartet_sftpd.sftp.registry import (
 )
 from quartet_sftpd.sftp.tree import Entry, check_name
 from quartet_sftpd.sftp.upload import Upload, disk_error
+
+if TYPE_CHECKING:
+    from quartet_sftpd.metrics import Metrics
 
 FXF_APPEND = 0x04
 FXF_CREAT = 0x08
@@ -78,6 +82,8 @@ class Intake:
         self._staged_max_age = staged_max_age
         self._clock = clock
         self._in_flight: set[Deferred[Any]] = set()
+        #: Where uploads are counted for the metrics endpoint, if anywhere.
+        self.metrics: Metrics | None = None
 
     def is_temporary(self, name: str) -> bool:
         """
@@ -117,11 +123,12 @@ class Intake:
         @raise SFTPError: the name is not acceptable, or exists under EXCL.
         @raise OSError: the staging file could not be created.
         """
-        check_name(entry.name)
+        check_name(entry.name, temporary=self.is_temporary(entry.name))
         existing = self.registry.get(user, entry.folder, entry.name)
         if flags & FXF_EXCL and existing is not None:
             raise SFTPError(
-                FX_FILE_ALREADY_EXISTS, f"{entry.name} already exists in /{entry.folder}."
+                FX_FILE_ALREADY_EXISTS,
+                f"{entry.name} already exists in /{entry.folder}.",
             )
         if not flags & FXF_CREAT and existing is None:
             raise SFTPError(
@@ -134,6 +141,8 @@ class Intake:
         if existing is not None and existing.state == PARTIAL and not flags & FXF_TRUNC:
             staging, fd, resumed = self._resume(existing)
         else:
+            if existing is not None and existing.state == STAGED:
+                self._replace_staged(existing)
             try:
                 staging, fd = self.archive.open_staging()
             except OSError as error:
@@ -160,6 +169,32 @@ class Intake:
         self._show(upload, UPLOADING)
         return upload
 
+    def _replace_staged(self, entry: FileEntry) -> None:
+        """
+        A staged temporary upload is uploaded again under the same name (a
+        client retrying): the new upload takes the name, and the old bytes
+        go to quarantine rather than being left in staging unaccounted for.
+        """
+        self.registry.remove(entry)
+        if entry.path is None:
+            return
+        self._log.info(
+            "{user}'s temporary upload {name} in {rule} is uploaded again; the "
+            "earlier one is quarantined",
+            user=entry.user,
+            name=entry.name,
+            rule=entry.rule,
+        )
+        meta = self._meta(
+            entry.user,
+            entry.rule,
+            entry.name,
+            "replaced by a new upload of the same name",
+        )
+        d = self.archive.quarantine_upload(entry.path, None, meta)
+        d.addErrback(self._quarantine_failed, entry.path)
+        self._track(d)
+
     def _resume(self, entry: FileEntry) -> tuple[Any, int, int]:
         """
         Take an aborted upload's bytes back from quarantine into staging.
@@ -169,6 +204,11 @@ class Intake:
         entry.path.rename(staging)
         entry.path.with_name(entry.path.name + ".json").unlink(missing_ok=True)
         fd = self.archive.reopen_staging(staging)
+        # Continue from the bytes the client was shown, and never beyond
+        # what the file holds: anything after them is not counted as sent.
+        size = min(entry.size, os.fstat(fd).st_size)
+        os.ftruncate(fd, size)
+        entry.size = size
         self.registry.remove(entry)
         self._log.info(
             "resuming {user}'s upload of {name} into {rule} at byte {size}",
@@ -179,14 +219,16 @@ class Intake:
         )
         return staging, fd, entry.size
 
-    def _show(self, upload: Upload, state: str, **extra: Any) -> FileEntry:
+    def _show(
+        self, upload: Upload, state: str, size: int | None = None, **extra: Any
+    ) -> FileEntry:
         entry = FileEntry(
             user=upload.user,
             folder=upload.folder,
             rule=upload.rule,
             name=upload.name,
             state=state,
-            size=upload.size,
+            size=upload.size if size is None else size,
             mtime=upload.mtime if upload.mtime is not None else self._clock(),
             **extra,
         )
@@ -236,13 +278,18 @@ class Intake:
         )
 
     def _refuse(self, upload: Upload, error: SFTPError) -> Deferred[Any]:
-        self._log.warn(
-            "upload refused: {user}'s {name} in {rule}: {reason}",
-            user=upload.user,
-            name=upload.name,
-            rule=upload.rule,
-            reason=error.message,
-        )
+        if self.metrics is not None:
+            self.metrics.upload_refused(upload.rule)
+        # A failed write was logged when it happened; a full disk fails
+        # every later WRITE and the CLOSE too, and is one event, not many.
+        if not (error is upload.error and upload.error_logged):
+            self._log.warn(
+                "upload refused: {user}'s {name} in {rule}: {reason}",
+                user=upload.user,
+                name=upload.name,
+                rule=upload.rule,
+                reason=error.message,
+            )
         d = self._quarantine(upload, error.message)
         d.addCallback(lambda _: Failure(error))
         return d
@@ -290,6 +337,8 @@ class Intake:
                     task=task,
                 )
             )
+            if self.metrics is not None:
+                self.metrics.upload_completed(rule, upload.size)
             self._log.info(
                 "upload completed: {user} sent {name} to {rule}: {size} bytes, "
                 "sha256 {sha256}, task {task}, {ms} ms",
@@ -305,6 +354,24 @@ class Intake:
             return task
 
         def not_recorded(failure: Failure, upload: ArchivedUpload) -> Failure:
+            if failure.check(UploadRejected):
+                # Archived and recorded, but refused by a quick check or the
+                # rule's duplicate policy: the client reads why.
+                rejection = failure.value
+                self._log.info(
+                    "upload rejected: {user}'s {name} for {rule}, task {task}: "
+                    "{reason}",
+                    user=user,
+                    name=name,
+                    rule=rule,
+                    task=rejection.task,
+                    reason=rejection.message,
+                    path=str(upload.archive_path),
+                )
+                self._forget(user, folder, name)
+                if self.metrics is not None:
+                    self.metrics.upload_refused(rule)
+                return Failure(SFTPError(FX_FAILURE, rejection.message))
             self._log.failure(
                 "upload archived as {path} but its task could not be recorded: "
                 "{user}'s {name} for {rule}",
@@ -332,7 +399,9 @@ class Intake:
                     rule=rule,
                     error=error.strerror,
                 )
-                meta = self._meta(user, rule, name, f"archiving failed: {error.strerror}")
+                meta = self._meta(
+                    user, rule, name, f"archiving failed: {error.strerror}"
+                )
                 self._forget(user, folder, name)
                 q = self.archive.quarantine_upload(staging, None, meta)
                 q.addErrback(self._quarantine_failed, staging)
@@ -359,6 +428,8 @@ class Intake:
 
         @return: a Deferred firing when the bytes are in quarantine.
         """
+        if self.metrics is not None:
+            self.metrics.upload_aborted(upload.rule)
         self._log.warn(
             "upload aborted: {user}'s {name} for {rule} after {size} bytes: {reason}",
             user=upload.user,
@@ -372,15 +443,26 @@ class Intake:
     def _quarantine(self, upload: Upload, reason: str) -> Deferred[Any]:
         meta = self._meta(upload.user, upload.rule, upload.name, reason)
         meta["bytes_received"] = upload.size
-        d = self.archive.quarantine_upload(upload.staging, upload.take_fd(), meta)
+        # The bytes of an upload a full disk stopped would keep the disk full
+        # for every other upload; the sidecar still records what arrived.
+        keep = not upload.disk_full
+        d = self.archive.quarantine_upload(
+            upload.staging, upload.take_fd(), meta, keep_bytes=keep
+        )
+        # Only the bytes before the first hole can be continued: a client
+        # resuming (OpenSSH's reput) sends from the size it is shown.
+        resumable = upload.contiguous_size() if keep else 0
 
         def quarantined(path: Any) -> None:
             self._forget(upload.user, upload.folder, upload.name)
-            if upload.size:
-                self._show(upload, PARTIAL, path=path)
+            if resumable:
+                self._show(upload, PARTIAL, path=path, size=resumable)
 
-        d.addCallback(quarantined)
-        d.addErrback(self._quarantine_failed, upload.staging)
+        def not_quarantined(failure: Failure) -> None:
+            self._forget(upload.user, upload.folder, upload.name)
+            self._quarantine_failed(failure, upload.staging)
+
+        d.addCallbacks(quarantined, not_quarantined)
         return d
 
     def _quarantine_failed(self, failure: Failure, staging: Any) -> None:
@@ -401,10 +483,12 @@ class Intake:
         @raise SFTPError: (as a failure) the rename is not one this server can do.
         """
         try:
-            check_name(target.name)
+            check_name(target.name, temporary=self.is_temporary(target.name))
             entry = self.registry.get(user, source.folder, source.name)
             if entry is None:
-                raise OSError(errno.ENOENT, f"{source.name} does not exist in /{source.folder}.")
+                raise OSError(
+                    errno.ENOENT, f"{source.name} does not exist in /{source.folder}."
+                )
             if target.folder != source.folder:
                 raise SFTPError(
                     FX_FAILURE,
@@ -447,7 +531,10 @@ class Intake:
         entry = self.registry.get(user, entry_node.folder, entry_node.name)
         if entry is None:
             return fail(
-                OSError(errno.ENOENT, f"{entry_node.name} does not exist in /{entry_node.folder}.")
+                OSError(
+                    errno.ENOENT,
+                    f"{entry_node.name} does not exist in /{entry_node.folder}.",
+                )
             )
         self.registry.remove(entry)
         if entry.state == STAGED and entry.path is not None:
@@ -475,7 +562,9 @@ class Intake:
                     rule=entry.rule,
                 )
                 meta = self._meta(entry.user, entry.rule, entry.name, "never renamed")
-                work.append(self._track(self.archive.quarantine_upload(entry.path, None, meta)))
+                work.append(
+                    self._track(self.archive.quarantine_upload(entry.path, None, meta))
+                )
         return DeferredList(work)
 
     def drain(self) -> Deferred[Any]:

@@ -11,7 +11,9 @@ failure, so that a person who typed C{ssh partner@host} reads why.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, Callable
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import IConchUser
@@ -19,10 +21,13 @@ from twisted.conch.ssh import common
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.connection import EXTENDED_DATA_STDERR
 from twisted.cred.portal import IRealm
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from quartet_sftpd.sftp.results import ResultFile, result_files
 from quartet_sftpd.sftp.server import SFTPServerProtocol
 from quartet_sftpd.sftp.tree import VirtualTree
 
@@ -78,6 +83,27 @@ class _Session:
         self.max_upload_size = context.settings.max_upload_size or None
         self.started = context.started
         self.run_blocking: Callable[..., Any] = context.run_blocking
+        self._backend = context.backend
+        self._results_days = context.settings.results_days
+        self._server = context
+
+    @property
+    def stopping(self) -> bool:
+        """
+        Whether the server is shutting down.
+        """
+        return self._server.stopping
+
+    def results(self, rule: str) -> Deferred[dict[str, ResultFile]]:
+        """
+        The user's result files in one rule (none when the capture backend
+        keeps no task store).
+        """
+        find = getattr(self._backend, "results", None)
+        if find is None:
+            return succeed({})
+        since = time.time() - self._results_days * 86400
+        return find(self.user, rule, since).addCallback(result_files)
 
 
 class SFTPChannel(SSHChannel):
@@ -87,12 +113,16 @@ class SFTPChannel(SSHChannel):
 
     name = b"session"
     _log = Logger()
+    #: The clock the refusal of shell and exec waits on; the global reactor
+    #: (imported late, after twistd chose it) unless a test sets one.
+    clock: IReactorTime | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["localWindow"] = CHANNEL_WINDOW
         kwargs["localMaxPacket"] = CHANNEL_MAX_PACKET
         super().__init__(*args, **kwargs)
         self.protocol: SFTPServerProtocol | None = None
+        self._refusing = False
 
     @property
     def peer(self) -> str:
@@ -127,11 +157,24 @@ class SFTPChannel(SSHChannel):
             user=self.avatar.user,
             peer=self.peer,
         )
+        # Conch sends the request's success reply after this method returns.
+        # Closing the channel here would put that reply after our CLOSE, and
+        # Go's SSH library (rclone) drops the whole connection on a message
+        # for a channel it already forgot; so the refusal waits a turn.
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._refusing = True
+        clock.callLater(0, self._exit_refused)
+        return 1
+
+    def _exit_refused(self) -> None:
+        if self.localClosed or self.remoteClosed or self.closing:
+            return
         self.writeExtended(EXTENDED_DATA_STDERR, SFTP_ONLY)
         self.conn.sendRequest(self, b"exit-status", struct.pack("!L", 1))
         self.conn.sendEOF(self)
         self.loseConnection()
-        return 1
 
     def request_shell(self, data: bytes) -> int:
         return self._refuse_command("shell")
@@ -148,7 +191,15 @@ class SFTPChannel(SSHChannel):
             self.protocol.dataReceived(data)
 
     def eofReceived(self) -> None:
-        # The client sends nothing more: the session is over.
+        # The client sends nothing more: the session is over.  As sshd does
+        # when its sftp-server exits, say so with exit status 0: OpenSSH's
+        # scp (SFTP mode) waits for its ssh and fails when ssh reports none.
+        # A refusal on its way (ssh sends EOF right after its exec request
+        # when stdin is empty) closes the channel itself, with status 1.
+        if self._refusing:
+            return
+        if self.protocol is not None:
+            self.conn.sendRequest(self, b"exit-status", struct.pack("!L", 0))
         self.conn.sendClose(self)
 
     def closed(self) -> None:

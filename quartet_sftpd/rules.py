@@ -42,7 +42,7 @@ import os
 import tomllib
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -277,6 +277,8 @@ class StepSpec:
     name: str
     step_class: type[Step]
     parameters: Mapping[str, str] = field(default_factory=dict)
+    #: A quick check, run before the client's CLOSE is answered.
+    check: bool = False
 
     def build(self, task: ITaskLog) -> Step:
         """
@@ -296,8 +298,23 @@ class Rule:
     description: str = ""
     parameters: Mapping[str, str] = field(default_factory=dict)
     steps: tuple[StepSpec, ...] = ()
+    #: What to do with the same bytes uploaded again: one of L{DUPLICATES}.
+    duplicates: str = "accept"
 
-    def run(self, task: ITaskLog, data: Any, context: RuleContext) -> Any:
+    @property
+    def has_checks(self) -> bool:
+        """
+        Whether the rule starts with quick checks.
+        """
+        return bool(self.steps) and self.steps[0].check
+
+    def run(
+        self,
+        task: ITaskLog,
+        data: Any,
+        context: RuleContext,
+        after_checks: Callable[[], None] | None = None,
+    ) -> Any:
         """
         Run the steps in order, each on what the one before returned.
 
@@ -309,8 +326,11 @@ class Rule:
         @param task: where messages go.
         @param data: the archived bytes.
         @param context: the rule context; C{RULE_PARAMETERS} is set here.
+        @param after_checks: called once the leading check steps passed
+            (at once when there are none), before the other steps run.
         @return: what the last step returned.
-        @raise RuleFailed: a step could not be built or raised.
+        @raise RuleFailed: a step could not be built or raised; its
+            C{in_checks} says whether a check step failed.
         """
         context.context[RuleContext.RULE_PARAMETERS] = dict(self.parameters)
         steps: list[tuple[StepSpec, Step]] = []
@@ -323,7 +343,12 @@ class Rule:
                 raise RuleFailed(reason) from error
 
         ran: list[tuple[StepSpec, Step]] = []
+        checking = True
         for spec, step in steps:
+            if checking and not spec.check:
+                checking = False
+                if after_checks is not None:
+                    after_checks()
             ran.append((spec, step))
             try:
                 result = step.execute(data, context)
@@ -331,16 +356,26 @@ class Rule:
                 reason = f"step {spec.name!r} failed: {_describe(error)}"
                 _report(task, reason, error)
                 _undo(task, ran)
-                raise RuleFailed(reason) from error
+                raise RuleFailed(reason, _describe(error), checking) from error
             if result is not None:
                 data = result
+        if checking and after_checks is not None:
+            after_checks()
         return data
 
 
 class RuleFailed(Exception):
     """
     A rule's step failed; the message is the reason written to the task.
+
+    @ivar detail: the step's own explanation, without the step's name.
+    @ivar in_checks: whether the failing step was one of the leading checks.
     """
+
+    def __init__(self, reason: str, detail: str = "", in_checks: bool = False) -> None:
+        super().__init__(reason)
+        self.detail = detail or reason
+        self.in_checks = in_checks
 
 
 def _describe(error: Exception) -> str:
@@ -376,8 +411,12 @@ def _undo(task: ITaskLog, ran: list[tuple[StepSpec, Step]]) -> None:
             )
 
 
-_RULE_KEYS = {"name", "description", "parameters", "step"}
-_STEP_KEYS = {"name", "class", "parameters", "description"}
+_RULE_KEYS = {"name", "description", "parameters", "step", "duplicates"}
+_STEP_KEYS = {"name", "class", "parameters", "description", "check"}
+
+#: Duplicate policies: run anyway (and say so), archive without running, or
+#: refuse the upload in its CLOSE.
+DUPLICATES = ("accept", "skip", "reject")
 
 
 def load_rules(path: str | os.PathLike[str]) -> dict[str, Rule]:
@@ -457,7 +496,19 @@ def _parse_rule(table: Any, where_file: str, number: int) -> Rule:
     specs = tuple(
         _parse_step(step, where, number) for number, step in enumerate(steps, start=1)
     )
-    return Rule(name, description, parameters, specs)
+    for before, after in zip(specs, specs[1:], strict=False):
+        if after.check and not before.check:
+            raise RulesError(
+                f"{where}: step {after.name!r} is a check but follows step "
+                f"{before.name!r}, which is not; checks must come first."
+            )
+    duplicates = table.get("duplicates", "accept")
+    if duplicates not in DUPLICATES:
+        raise RulesError(
+            f"{where}: duplicates = {duplicates!r} is not a policy; use "
+            f"{', '.join(repr(d) for d in DUPLICATES)}."
+        )
+    return Rule(name, description, parameters, specs, duplicates)
 
 
 def _rule_name_problem(name: str) -> str | None:
@@ -498,7 +549,10 @@ def _parse_step(table: Any, where_rule: str, number: int) -> StepSpec:
             f"{where}: {class_path} does not take the parameters "
             f"{', '.join(unknown)}; it takes: {', '.join(sorted(declared)) or 'none'}."
         )
-    return StepSpec(name or step_class.__name__, step_class, parameters)
+    check = table.get("check", False)
+    if not isinstance(check, bool):
+        raise RulesError(f"{where}: check must be true or false.")
+    return StepSpec(name or step_class.__name__, step_class, parameters, check)
 
 
 def _import_step(class_path: str, where: str) -> type[Step]:

@@ -12,26 +12,31 @@ CLOSE was being answered is never cut in half by a shutdown.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION
 from twisted.cred.portal import Portal
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from quartet_sftpd.archive import Archive
+from quartet_sftpd.bans import AddressBans
 from quartet_sftpd.capture import ICaptureBackend
 from quartet_sftpd.config import ConfigError, Settings
-from quartet_sftpd.factory import SFTPFactory
 from quartet_sftpd.intake import Intake
+from quartet_sftpd.limits import GuardedFactory, LoginPolicy
+from quartet_sftpd.metrics import Metrics
 from quartet_sftpd.realm import SFTPRealm, SFTPUser
 from quartet_sftpd.sftp.registry import UploadRegistry
 from quartet_sftpd.sftp.tree import folder_names
+from quartet_sftpd.users import UserError
 
 #: Seconds between removals of old quarantined uploads.
 PRUNE_INTERVAL = 3600.0
@@ -60,8 +65,13 @@ class SFTPContext:
         self.users = users
         self.started = time.time()
         self.avatars: set[SFTPUser] = set()
+        self.policy: LoginPolicy | None = None
+        #: Set when the server begins to stop, so that uploads it cuts off
+        #: are recorded as stopped by the server, not by the client.
+        self.stopping = False
         self._pool = threadpool
         self._reactor = reactor
+        self._settings_errors: dict[str, str] = {}
 
     def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
@@ -73,16 +83,70 @@ class SFTPContext:
 
     def allowed_rules(self, user: str) -> set[str] | None:
         """
-        The rules a user may see, or None for all of them.
+        The rules a user may see: the C{rules} of the user's settings, or
+        L{None} for all of them when the user has no C{rules} setting.
+
+        A user who was removed, or whose settings file cannot be read, sees
+        no rule at all (the error is logged once), so that a broken file
+        never widens access.
         """
-        rules = self.users.settings(user).get("rules") if self.users else None
+        if not self.users:
+            return None
+        try:
+            rules = self.users.settings(user).get("rules")
+        except UserError as error:
+            if self._settings_errors.get(user) != str(error):
+                self._settings_errors[user] = str(error)
+                self._log.warn(
+                    "{user} sees no rule folder: {reason}", user=user, reason=str(error)
+                )
+            return set()
+        self._settings_errors.pop(user, None)
         return None if rules is None else set(rules)
 
     def logged_in(self, avatar: SFTPUser) -> None:
+        """
+        The realm made an avatar for a user who logged in.
+        """
         self.avatars.add(avatar)
 
     def logged_out(self, avatar: SFTPUser) -> None:
+        """
+        The connection of C{avatar} ended.
+        """
         self.avatars.discard(avatar)
+        if self.policy is not None:
+            self.policy.logged_out(avatar)
+
+    def end_revoked_sessions(self) -> int:
+        """
+        Disconnect every session whose user was removed or disabled, or
+        whose key or password was taken away, with a message saying so.
+        Uploads still open in them are aborted.
+
+        @return: how many sessions were ended.
+        """
+        if self.policy is None:
+            return 0
+        ended = 0
+        for avatar, login in list(self.policy.logins.items()):
+            reason = self.policy.revocation(login)
+            conn = getattr(avatar, "conn", None)
+            if reason is None or conn is None:
+                continue
+            self._log.warn(
+                "ending the session of {user} from {peer}: {reason}",
+                user=login.user,
+                peer=login.peer,
+                reason=reason,
+            )
+            self.policy.logged_out(avatar)
+            conn.transport.sendDisconnect(
+                DISCONNECT_BY_APPLICATION,
+                f"Your access was revoked: {reason}.".encode(),
+            )
+            ended += 1
+        return ended
 
 
 class QuartetSFTPService(MultiService):
@@ -118,7 +182,9 @@ class QuartetSFTPService(MultiService):
         self.settings = settings
         self.backend = backend
         self.reactor = reactor
-        self.threadpool = ThreadPool(minthreads=1, maxthreads=8, name="quartet-sftpd-disk")
+        self.threadpool = ThreadPool(
+            minthreads=1, maxthreads=8, name="quartet-sftpd-disk"
+        )
         self.archive = Archive(
             settings.archive,
             gid=settings.group_id(),
@@ -138,12 +204,33 @@ class QuartetSFTPService(MultiService):
         self.context = SFTPContext(
             settings, backend, self.intake, self.threadpool, reactor, users
         )
+        self.bans = AddressBans(
+            reactor,
+            threshold=settings.ban_threshold,
+            window=settings.ban_window,
+            ban_time=settings.ban_time,
+            max_ban_time=settings.ban_max_time,
+        )
+        self.context.policy = LoginPolicy(settings, users, self.bans)
+        self.metrics = Metrics()
+        self.bans.metrics = self.metrics
+        self.context.policy.metrics = self.metrics
+        self.intake.metrics = self.metrics
+        if hasattr(backend, "metrics"):
+            backend.metrics = self.metrics
         portal = Portal(SFTPRealm(self.context), portal_checkers)
-        self.factory = SFTPFactory(portal, host_keys)
+        self.factory = GuardedFactory(
+            portal,
+            host_keys,
+            settings=settings,
+            policy=self.context.policy,
+            clock=reactor,
+        )
         self._folders: set[str] = set()
 
         self.endpoint = serverFromString(reactor, settings.listen)
         self.port: Any = None
+        self.metrics_port: Any = None
         self.ready: Deferred[None] = Deferred()
         TimerService(settings.reload_interval, self.refresh).setServiceParent(self)
         TimerService(PRUNE_INTERVAL, self.prune).setServiceParent(self)
@@ -160,8 +247,26 @@ class QuartetSFTPService(MultiService):
         super().startService()
         d = maybeDeferred(self.backend.start)
         d.addCallback(lambda _: self._ensure_folders_now())
+        d.addCallback(lambda _: self._listen_metrics())
         d.addCallback(lambda _: self.endpoint.listen(self.factory))
         d.addCallbacks(self._listening, self._not_started)
+
+    def _listen_metrics(self) -> Deferred[None] | None:
+        if not self.settings.metrics_listen:
+            return None
+        endpoint = serverFromString(self.reactor, self.settings.metrics_listen)
+        d = endpoint.listen(self.metrics.site())
+
+        def listening(port: Any) -> None:
+            self.metrics_port = port
+            address = port.getHost()
+            self._log.info(
+                "metrics at http://{host}:{port}/metrics",
+                host=getattr(address, "host", "?"),
+                port=getattr(address, "port", "?"),
+            )
+
+        return d.addCallback(listening)
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -191,9 +296,16 @@ class QuartetSFTPService(MultiService):
     @inlineCallbacks
     def refresh(self) -> Any:
         """
-        Reload the rules if they changed, create archive folders for new
-        rules, and expire old entries of the upload registry.
+        End the sessions of revoked users and keys, reload the rules if
+        they changed, create archive folders for new rules, and expire old
+        entries of the upload registry.
         """
+        try:
+            self.context.end_revoked_sessions()
+            if self.context.policy is not None:
+                self.context.policy.refresh()
+        except Exception:
+            self._log.failure("checking sessions against the users failed")
         try:
             yield self.backend.refresh()
             folders = set(folder_names(self.backend.rule_names()))
@@ -226,7 +338,10 @@ class QuartetSFTPService(MultiService):
     def stopService(self) -> Any:
         if self.port is not None:
             yield self.port.stopListening()
+        if self.metrics_port is not None:
+            yield self.metrics_port.stopListening()
         yield super().stopService()
+        self.context.stopping = True
         for avatar in list(self.context.avatars):
             for channel in list(avatar.channels):
                 channel.closed()
@@ -269,7 +384,7 @@ def build_service(settings: Settings, reactor: Any = None) -> QuartetSFTPService
     return QuartetSFTPService(
         settings,
         host_keys=host_keys,
-        portal_checkers=make_checkers(users),
+        portal_checkers=make_checkers(users, settings.password_auth),
         users=users,
         backend=backend,
         reactor=reactor,

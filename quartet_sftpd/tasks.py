@@ -38,6 +38,9 @@ class TaskStatus(StrEnum):
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
     FAILED = "FAILED"
+    #: Not run: the same bytes came to the same rule before (policy skip or
+    #: reject).
+    DUPLICATE = "DUPLICATE"
 
 
 #: Message levels, as quartet_capture names them.
@@ -175,6 +178,10 @@ _MIGRATIONS: tuple[str, ...] = (
         time REAL NOT NULL
     );
     CREATE INDEX task_message_task ON task_message (task, id);
+    """,
+    """
+    CREATE INDEX task_duplicate ON task (rule, sha256, received);
+    CREATE INDEX task_user ON task (user, rule, received);
     """,
 )
 
@@ -471,6 +478,122 @@ class TaskStore:
                 (*values, limit),
             ).fetchall()
         return [_task(row) for row in rows]
+
+    def requeue(self, name: str, note: str) -> None:
+        """
+        Put a FAILED task back in the queue, as an operator's retry does: its
+        times are cleared, its messages kept, and C{note} added to them.  The
+        running server picks it up at its next refresh.
+
+        @raise UnknownTaskError: no such task.
+        @raise TaskStoreError: the task is not FAILED.
+        """
+        self._transition(
+            name,
+            (TaskStatus.FAILED,),
+            "status = ?, started = NULL, ended = NULL, execution_time = NULL",
+            (TaskStatus.QUEUED.value,),
+        )
+        self.add_message(name, "INFO", note)
+
+    def find_duplicate(self, name: str, since: float) -> Task | None:
+        """
+        The newest other task of the same rule with the same bytes, received
+        at or after C{since}, that was not itself refused: a FAILED or
+        DUPLICATE task does not count, so sending the same bytes again after
+        a failure is a retry, not a duplicate.
+
+        @param name: the task whose bytes are looked for.
+        """
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_TASK_COLUMNS} FROM task WHERE name != ? AND "
+                "(rule, sha256) = (SELECT rule, sha256 FROM task WHERE name = ?) "
+                "AND received >= ? AND status NOT IN (?, ?) "
+                "ORDER BY received DESC, rowid DESC LIMIT 1",
+                (
+                    name,
+                    name,
+                    since,
+                    TaskStatus.FAILED.value,
+                    TaskStatus.DUPLICATE.value,
+                ),
+            ).fetchone()
+        return None if row is None else _task(row)
+
+    def mark_duplicate(self, name: str, note: str) -> None:
+        """
+        End a QUEUED task as DUPLICATE, with C{note} as an INFO message.
+
+        @raise TaskStoreError: the task is not QUEUED.
+        """
+        now = self._clock()
+        self._transition(
+            name,
+            (TaskStatus.QUEUED,),
+            "status = ?, ended = ?",
+            (TaskStatus.DUPLICATE.value, now),
+        )
+        self.add_message(name, "INFO", note)
+
+    def of_user(
+        self, user: str, rule: str, since: float, limit: int = 1000
+    ) -> list[Task]:
+        """
+        One user's tasks in one rule received at or after C{since}, with
+        their messages, newest first.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_TASK_COLUMNS} FROM task WHERE user = ? AND rule = ? "
+                "AND received >= ? ORDER BY received DESC, rowid DESC LIMIT ?",
+                (user, rule, since, limit),
+            ).fetchall()
+        return [self.get(row[0]) or _task(row) for row in rows]
+
+    def queued(self) -> list[str]:
+        """
+        The names of the QUEUED tasks, oldest first.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name FROM task WHERE status = ? ORDER BY created, rowid",
+                (TaskStatus.QUEUED.value,),
+            ).fetchall()
+        return [name for (name,) in rows]
+
+    def ended_before(self, moment: float) -> list[Task]:
+        """
+        The ended tasks (FINISHED, FAILED, DUPLICATE) created before
+        C{moment}, oldest first.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_TASK_COLUMNS} FROM task WHERE status IN (?, ?, ?) "
+                "AND created < ? ORDER BY created, rowid",
+                (
+                    TaskStatus.FINISHED.value,
+                    TaskStatus.FAILED.value,
+                    TaskStatus.DUPLICATE.value,
+                    moment,
+                ),
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def open_archive_paths(self) -> set[str]:
+        """
+        The archive paths of tasks still QUEUED or RUNNING, which must stay.
+        """
+        return {task.archive_path for task in self.interrupted()}
+
+    def delete(self, names: Sequence[str]) -> None:
+        """
+        Remove tasks and their messages.
+        """
+        with self._transaction():
+            for name in names:
+                self._db.execute("DELETE FROM task_message WHERE task = ?", (name,))
+                self._db.execute("DELETE FROM task WHERE name = ?", (name,))
 
     def interrupted(self) -> list[Task]:
         """

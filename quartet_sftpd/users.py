@@ -4,8 +4,8 @@ The user store over C{keys/users/}: who may log in, with which keys.
 A user exists when C{NAME.keys} exists; it holds the user's public keys in
 OpenSSH's authorized_keys format, so that the admin command and a
 provisioning tool can both write it.  C{NAME.toml}, optional, holds the
-user's settings.  Both are read again whenever they change on disk, so an
-edit applies at the next login without a restart.
+user's settings (see L{USER_SETTINGS}).  Both are read again whenever they
+change on disk, so an edit applies at the next login without a restart.
 
 A line the server cannot use (see L{quartet_sftpd.authorized_keys}) is
 refused when a key is added, and skipped with a warning at login.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from twisted.logger import Logger
 
 from quartet_sftpd.atomic import make_private_folder, write_atomically
@@ -36,6 +37,21 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 #: Mode of a user's key file and of the users folder.
 KEYS_FILE_MODE = 0o640
 USERS_DIR_MODE = 0o750
+#: Mode of a user's settings file: it may hold a password hash.
+SETTINGS_FILE_MODE = 0o640
+
+#: What C{NAME.toml} may hold, and the type of each value:
+#:   - C{rules}: the rule names the user sees; absent means every rule.
+#:   - C{disabled}: C{true} refuses every login of the user.
+#:   - C{password}: a bcrypt hash; absent means no password login.
+#:   - C{max_sessions}: sessions the user may hold at once, overriding the
+#:     server's C{max_user_sessions}.
+USER_SETTINGS: dict[str, type | tuple[type, ...]] = {
+    "rules": list,
+    "disabled": bool,
+    "password": str,
+    "max_sessions": int,
+}
 
 
 class UserError(Exception):
@@ -116,6 +132,42 @@ def parse_key_file(path: Path) -> list[AuthorizedKey]:
 
 
 @dataclass(frozen=True)
+class _SettingsFile:
+    """
+    What was read from one user's settings file, and the file's identity then.
+    """
+
+    identity: tuple[int, ...]
+    settings: dict[str, Any]
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def check_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """
+    Check the content of a user's settings file.
+
+    @return: C{settings}.
+    @raise UserError: a key is unknown or a value has the wrong type.
+    """
+    for key, value in settings.items():
+        kind = USER_SETTINGS.get(key)
+        if kind is None:
+            raise UserError(
+                f"{path} has the unknown setting {key!r}; known settings are "
+                f"{', '.join(sorted(USER_SETTINGS))}."
+            )
+        wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if key == "rules" and not wrong:
+            wrong = not all(isinstance(rule, str) for rule in value)
+        if wrong:
+            raise UserError(f"{path}: {key} = {value!r} has the wrong type.")
+    return settings
+
+
+@dataclass(frozen=True)
 class _KeysFile:
     """
     What was read from one user's key file, and the file's identity then.
@@ -145,6 +197,7 @@ class UserStore:
         """
         self.users_dir = users_dir
         self._cache: dict[str, _KeysFile] = {}
+        self._settings_cache: dict[str, _SettingsFile] = {}
 
     def _keys_path(self, name: str) -> Path:
         return self.users_dir / f"{check_name(name)}.keys"
@@ -213,14 +266,7 @@ class UserStore:
             raise UnknownUserError(str(error)) from None
         try:
             with path.open("rb") as handle:
-                info = os.fstat(handle.fileno())
-                identity = (
-                    info.st_dev,
-                    info.st_ino,
-                    info.st_size,
-                    info.st_mtime_ns,
-                    info.st_ctime_ns,
-                )
+                identity = _identity(os.fstat(handle.fileno()))
                 cached = self._cache.get(name)
                 if cached is not None and cached.identity == identity:
                     return cached
@@ -255,7 +301,12 @@ class UserStore:
         return self._cache[name]
 
     def add(
-        self, name: str, keys: list[AuthorizedKey], *, add_keys: bool = False
+        self,
+        name: str,
+        keys: list[AuthorizedKey],
+        *,
+        add_keys: bool = False,
+        keyless: bool = False,
     ) -> list[AuthorizedKey]:
         """
         Create user C{name} with C{keys}, or with C{add_keys} add them to it.
@@ -266,12 +317,15 @@ class UserStore:
 
         @param add_keys: add to an existing user (or create it) instead of
             refusing an existing user.
+        @param keyless: allow C{keys} to be empty, for a user who logs in
+            with a password.
         @return: the keys that were new.
-        @raise UserError: the name cannot be a user name, C{keys} is empty,
-            or the user exists and C{add_keys} is false.
+        @raise UserError: the name cannot be a user name, C{keys} is empty
+            (and C{keyless} false), or the user exists and C{add_keys} is
+            false.
         """
         path = self._keys_path(name)
-        if not keys:
+        if not keys and not keyless:
             raise UserError(f"no key was given for {name}: give at least one.")
         if path.exists() and not add_keys:
             raise UserError(
@@ -301,7 +355,8 @@ class UserStore:
         C{name}; other lines of the file are kept byte for byte.
 
         @return: the key removed.
-        @raise UserError: no such user or key, or it is the user's last key.
+        @raise UserError: no such user or key, or it is the last key of a
+            user who has no password.
         """
         path = self._keys_path(name)
         try:
@@ -314,7 +369,8 @@ class UserStore:
                 f"user {name} has no key {key_fingerprint}: see the fingerprints "
                 "with `quartet-sftpd user list`."
             )
-        if all(k.fingerprint == key_fingerprint for k in usable_keys(data)):
+        last = all(k.fingerprint == key_fingerprint for k in usable_keys(data))
+        if last and not self._has_password(name):
             raise UserError(
                 f"{key_fingerprint} is the last key of user {name}: add another key "
                 f"first, or remove the user with `quartet-sftpd user remove {name}`."
@@ -333,6 +389,12 @@ class UserStore:
         write_atomically(path, kept_data, KEYS_FILE_MODE, owner=self._file_owner())
         return removed[0]
 
+    def _has_password(self, name: str) -> bool:
+        try:
+            return bool(self.settings(name).get("password"))
+        except UserError:
+            return False
+
     def remove(self, name: str) -> None:
         """
         Remove user C{name}: its key file and its settings file.
@@ -349,29 +411,77 @@ class UserStore:
             ) from None
         path.with_suffix(".toml").unlink(missing_ok=True)
         self._cache.pop(name, None)
+        self._settings_cache.pop(name, None)
 
     def settings(self, name: str) -> dict[str, Any]:
         """
         User C{name}'s settings from C{NAME.toml}; empty if there is none.
 
+        The file is parsed again only when it changed on disk, so this is
+        cheap enough to call for every request.  The dictionary returned is
+        shared: do not change it.
+
         @raise UnknownUserError: there is no such user.
-        @raise UserError: the settings file is not valid TOML.
+        @raise UserError: the settings file is not valid TOML, has an
+            unknown key or a value of the wrong type.
         """
         path = self._keys_path(name).with_suffix(".toml")
         if not self.exists(name):
             raise UnknownUserError(f"there is no user {name!r}.")
         try:
             with path.open("rb") as handle:
-                return tomllib.load(handle)
+                identity = _identity(os.fstat(handle.fileno()))
+                cached = self._settings_cache.get(name)
+                if cached is not None and cached.identity == identity:
+                    return cached.settings
+                settings = tomllib.load(handle)
         except FileNotFoundError:
+            self._settings_cache.pop(name, None)
             return {}
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise UserError(
                 f"the settings file {path} cannot be read ({error}): fix or remove it."
             ) from None
+        check_settings(path, settings)
+        self._settings_cache[name] = _SettingsFile(identity, settings)
+        return settings
+
+    def update_settings(
+        self, name: str, *, new_user: bool = False, **changes: Any
+    ) -> dict[str, Any]:
+        """
+        Change some of user C{name}'s settings and write C{NAME.toml} again,
+        atomically, with mode 0640.  A change to L{None} removes the setting.
+
+        @param new_user: write the settings of a user about to be created,
+            whose keys file does not exist yet: the server then never sees
+            the user without its settings.
+        @param changes: setting name to its new value, or L{None}.
+        @return: the settings as written.
+        @raise UnknownUserError: there is no such user (and not C{new_user}).
+        @raise UserError: the current file cannot be read, or a change names
+            an unknown setting or has the wrong type.
+        """
+        if new_user:
+            check_name(name)
+            make_private_folder(self.users_dir, USERS_DIR_MODE)
+            settings: dict[str, Any] = {}
+        else:
+            settings = dict(self.settings(name))
+        for key, value in changes.items():
+            if value is None:
+                settings.pop(key, None)
+            else:
+                settings[key] = value
+        path = self._keys_path(name).with_suffix(".toml")
+        check_settings(path, settings)
+        data = tomli_w.dumps(settings).encode("utf-8")
+        write_atomically(path, data, SETTINGS_FILE_MODE, owner=self._file_owner())
+        return settings
 
 
 __all__ = [
+    "USER_SETTINGS",
     "AuthorizedKey",
     "UnknownUserError",
     "UserError",

@@ -7,7 +7,8 @@ capture backend), never the code under test.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -21,7 +22,11 @@ class ImmediateThreadPool:
     """
 
     def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
+        self,
+        on_result: Callable[[bool, Any], None],
+        f: Callable[..., Any],
+        *a: Any,
+        **kw: Any,
     ) -> None:
         try:
             result = f(*a, **kw)
@@ -79,3 +84,20 @@ class RecordingBackend:
 
     def stop(self) -> None:
         pass
+
+
+class ClockReactor:
+    """
+    A reactor with a controllable clock (L{twisted.internet.task.Clock})
+    whose callFromThread runs the call at once.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.callLater = self.clock.callLater
+        self.advance = self.clock.advance
+
+    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        f(*a, **kw)

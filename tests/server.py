@@ -140,13 +140,17 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                raise AssertionError(f"the server did not stop:\n{self.log()}") from None
+                raise AssertionError(
+                    f"the server did not stop:\n{self.log()}"
+                ) from None
         return self.process.returncode
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """
         Run the admin command C{quartet-sftpd --config ... ARGS}.
         """

@@ -53,11 +53,22 @@ class Session:
         self.max_handles = 8
         self.max_upload_size: int | None = None
         self.started = time.time()
+        #: Tasks the results view shows (a test fills it).
+        self.tasks: list[Any] = []
+        self.stopping = False
 
     def run_blocking(self, f: Any, *args: Any) -> Any:
         from twisted.internet.defer import maybeDeferred
 
         return maybeDeferred(f, *args)
+
+    def results(self, rule: str) -> Any:
+        from twisted.internet.defer import succeed
+
+        from quartet_sftpd.sftp.results import result_files
+
+        mine = [t for t in self.tasks if t.user == self.user and t.rule == rule]
+        return succeed(result_files(mine))
 
 
 class Harness:
@@ -98,7 +109,9 @@ class Harness:
         return sorted(path.iterdir()) if path.exists() else []
 
     def quarantined(self) -> list[Path]:
-        return sorted(p for p in self.archive.quarantine.iterdir() if p.suffix != ".json")
+        return sorted(
+            p for p in self.archive.quarantine.iterdir() if p.suffix != ".json"
+        )
 
 
 class Client:
@@ -130,7 +143,9 @@ class Client:
             if kind == fx.FXP_VERSION:
                 out.append(Reply(kind, 0, Reader(body)))
             else:
-                out.append(Reply(kind, struct.unpack("!L", body[:4])[0], Reader(body, 4)))
+                out.append(
+                    Reply(kind, struct.unpack("!L", body[:4])[0], Reader(body, 4))
+                )
         return out
 
     def one(self) -> Reply:
@@ -201,5 +216,7 @@ class Client:
     def upload(self, path: str, data: bytes, chunk: int = 32768) -> tuple[int, str]:
         handle = self.open(path)
         for offset in range(0, len(data), chunk):
-            assert self.write(handle, offset, data[offset : offset + chunk])[0] == fx.FX_OK
+            assert (
+                self.write(handle, offset, data[offset : offset + chunk])[0] == fx.FX_OK
+            )
         return self.close(handle)

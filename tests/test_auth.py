@@ -9,39 +9,46 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import userauth
 from twisted.conch.ssh.address import SSHTransportAddress
-from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.keys import Key
-from twisted.cred.credentials import SSHPrivateKey
+from twisted.cred.credentials import SSHPrivateKey, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from quartet_sftpd.auth import (
+    Login,
+    NoSuchUser,
     PeerSSHPrivateKey,
     UserAuthServer,
     UserKeyChecker,
+    UserPasswordChecker,
+    hash_password,
     make_checkers,
     peer_host,
 )
+from quartet_sftpd.hostkeys import fingerprint
 from quartet_sftpd.users import UserStore
 from tests.sshkeys import private_key, public_line, write_keys
 
 ED25519 = private_key("ed25519")
 RSA = private_key("rsa")
 STRANGER = private_key("ecdsa")
-NOW = datetime(2030, 6, 1, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2030, 6, 1, tzinfo=UTC).timestamp()
 
 
 def credentials(
@@ -367,3 +374,260 @@ class UserAuthServerTests(SynchronousTestCase):
         kinds = [kind for kind, _ in transport.packets]
         self.assertEqual(kinds, [userauth.MSG_USERAUTH_FAILURE] * 2)
         self.assertEqual(self.realm.logins, [])
+
+
+def _now(f: Any, *args: Any) -> Any:
+    """
+    Run a blocking call at once, as the tests' stand-in for a thread pool.
+    """
+    return maybeDeferred(f, *args)
+
+
+FAST_HASH = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(4)).decode("ascii")
+
+
+class DisabledUserTests(SynchronousTestCase):
+    """
+    A disabled user cannot log in, with any key.
+    """
+
+    def test_disabled_user_is_refused(self) -> None:
+        users_dir = temporary_folder(self) / "users"
+        write_keys(users_dir / "alice.keys", public_line(ED25519))
+        store = UserStore(users_dir)
+        checker = UserKeyChecker(store)
+        self.successResultOf(checker.requestAvatarId(credentials(ED25519)))
+        store.update_settings("alice", disabled=True)
+        with capturedLogs() as events:
+            login = checker.requestAvatarId(credentials(ED25519, signed=False))
+            self.failureResultOf(login, UnauthorizedLogin)
+        self.assertEqual(
+            [e["reason"] for e in events if e["log_level"].name == "warn"],
+            ["the user is disabled"],
+        )
+        store.update_settings("alice", disabled=None)
+        self.successResultOf(checker.requestAvatarId(credentials(ED25519)))
+
+
+class _CountingRunner:
+    """
+    Runs blocking calls at once and records which bcrypt hash each one
+    checked.
+    """
+
+    def __init__(self) -> None:
+        self.hashes: list[bytes] = []
+
+    def __call__(self, f: Any, password: bytes, hashed: bytes) -> Any:
+        self.hashes.append(hashed)
+        return maybeDeferred(f, password, hashed)
+
+
+class PasswordCheckerTests(SynchronousTestCase):
+    """
+    L{UserPasswordChecker} over bcrypt hashes in users' settings.
+    """
+
+    def setUp(self) -> None:
+        users_dir = temporary_folder(self) / "users"
+        write_keys(users_dir / "alice.keys", public_line(ED25519))
+        write_keys(users_dir / "bob.keys", public_line(RSA))
+        self.store = UserStore(users_dir)
+        self.store.update_settings("alice", password=FAST_HASH)
+        self.runner = _CountingRunner()
+        self.checker = UserPasswordChecker(self.store, self.runner, rounds=4)
+
+    def login(self, user: bytes, password: bytes) -> Any:
+        return self.checker.requestAvatarId(UsernamePassword(user, password))
+
+    def test_right_password_logs_in(self) -> None:
+        self.assertEqual(
+            self.successResultOf(self.login(b"alice", b"correct horse")), b"alice"
+        )
+
+    def test_refusals(self) -> None:
+        """
+        A wrong password, a user without one, a disabled user and an
+        unknown user are all refused; only the last as L{NoSuchUser}.
+        """
+        self.failureResultOf(self.login(b"alice", b"wrong"), UnauthorizedLogin)
+        self.failureResultOf(self.login(b"bob", b"correct horse"), UnauthorizedLogin)
+        self.failureResultOf(self.login(b"nobody", b"correct horse"), NoSuchUser)
+        self.store.update_settings("alice", disabled=True)
+        failure = self.failureResultOf(
+            self.login(b"alice", b"correct horse"), UnauthorizedLogin
+        )
+        self.assertNotIsInstance(failure.value, NoSuchUser)
+
+    def test_every_attempt_costs_one_bcrypt_check(self) -> None:
+        """
+        Known user or not, password set or not: each attempt runs exactly
+        one bcrypt check of the same cost, so timing tells nothing.
+        """
+        for user in (b"alice", b"bob", b"nobody", b"../etc"):
+            self.failureResultOf(self.login(user, b"guess"), UnauthorizedLogin)
+        self.assertEqual(len(self.runner.hashes), 4)
+        costs = {hashed.split(b"$")[2] for hashed in self.runner.hashes}
+        self.assertEqual(costs, {b"04"})
+
+    def test_hash_password(self) -> None:
+        """
+        Stored passwords are bcrypt hashes; empty and overlong ones are
+        refused.
+        """
+        hashed = hash_password(b"s3cret pass", rounds=4)
+        self.assertTrue(hashed.startswith("$2b$04$"))
+        self.assertTrue(bcrypt.checkpw(b"s3cret pass", hashed.encode()))
+        for bad in (b"", b"x" * 73):
+            self.assertRaises(ValueError, hash_password, bad)
+
+    def test_make_checkers_offers_passwords_only_when_switched_on(self) -> None:
+        self.assertEqual(len(make_checkers(self.store, password_auth=False)), 1)
+        [_, checker] = make_checkers(self.store, password_auth=True, run_blocking=_now)
+        self.assertIsInstance(checker, UserPasswordChecker)
+
+
+class _Policy:
+    """
+    A login policy that records what it is told and bans after C{limit}
+    failures.
+    """
+
+    def __init__(self, limit: int = 2, refusal: str | None = None) -> None:
+        self.failures: list[tuple[str | None, str]] = []
+        self.logins: list[Login] = []
+        self.limit = limit
+        self.refusal = refusal
+
+    def login_failed(self, host: str | None, user: str) -> bool:
+        self.failures.append((host, user))
+        return len(self.failures) >= self.limit
+
+    def logged_in(self, avatar: Any, login: Login) -> str | None:
+        self.logins.append(login)
+        return self.refusal
+
+
+class PolicyTests(SynchronousTestCase):
+    """
+    L{UserAuthServer} reports failed logins to the factory's policy, and
+    lets it refuse a login.
+    """
+
+    def setUp(self) -> None:
+        users_dir = temporary_folder(self) / "users"
+        write_keys(users_dir / "alice.keys", public_line(ED25519))
+        store = UserStore(users_dir)
+        store.update_settings("alice", password=FAST_HASH)
+        self.realm = _Realm()
+        self.portal = Portal(
+            self.realm, make_checkers(store, password_auth=True, run_blocking=_now)
+        )
+
+    def connect(self, policy: _Policy) -> tuple[UserAuthServer, _Transport]:
+        transport = _Transport(self.portal, address("192.0.2.1"))
+        transport.policy = policy  # type: ignore[attr-defined]
+        server = UserAuthServer()
+        server.transport = transport
+        server.clock = Clock()
+        server.serviceStarted()
+        return server, transport
+
+    def key_request(self, server: UserAuthServer, key: Key, signed: bool) -> None:
+        algorithm, blob = key.sshType(), key.public().blob()
+        head = NS(b"alice") + NS(b"ssh-connection") + NS(b"publickey")
+        body = bytes([signed]) + NS(algorithm) + NS(blob)
+        if signed:
+            data = NS(server.transport.sessionID) + bytes(
+                [userauth.MSG_USERAUTH_REQUEST]
+            )
+            body += NS(key.sign(data + head + body, signatureType=algorithm))
+        server.ssh_USERAUTH_REQUEST(head + body)
+
+    def password_request(self, server: UserAuthServer, user: bytes, pw: bytes) -> None:
+        head = NS(user) + NS(b"ssh-connection") + NS(b"password")
+        server.ssh_USERAUTH_REQUEST(head + b"\x00" + NS(pw))
+        server.clock.advance(server.passwordDelay)
+
+    def test_queries_are_not_failures_but_signed_refusals_are(self) -> None:
+        """
+        Asking whether a key would do is no failure; a signed refusal is,
+        and so is a wrong password.
+        """
+        policy = _Policy(limit=10)
+        server, _ = self.connect(policy)
+        self.key_request(server, STRANGER, signed=False)
+        self.assertEqual(policy.failures, [])
+        self.key_request(server, STRANGER, signed=True)
+        self.password_request(server, b"alice", b"wrong")
+        self.assertEqual(policy.failures, [("192.0.2.1", "alice")] * 2)
+
+    def test_unknown_users_count_even_for_queries(self) -> None:
+        policy = _Policy(limit=10)
+        server, _ = self.connect(policy)
+        head = NS(b"root") + NS(b"ssh-connection") + NS(b"publickey")
+        body = b"\x00" + NS(b"ssh-ed25519") + NS(ED25519.public().blob())
+        server.ssh_USERAUTH_REQUEST(head + body)
+        self.assertEqual(policy.failures, [("192.0.2.1", "root")])
+
+    def test_a_ban_disconnects_at_once(self) -> None:
+        """
+        The failure that bans the address ends the connection with a
+        message; no failure reply follows.
+        """
+        server, transport = self.connect(_Policy(limit=2))
+        self.password_request(server, b"alice", b"one")
+        self.password_request(server, b"alice", b"two")
+        self.assertEqual(transport.packets[0][0], userauth.MSG_USERAUTH_FAILURE)
+        self.assertEqual(
+            transport.packets[1:],
+            [(-1, b"Too many failed logins from your address; try again later.")],
+        )
+
+    def test_successful_logins_are_recorded_with_their_key(self) -> None:
+        policy = _Policy()
+        server, transport = self.connect(policy)
+        self.key_request(server, ED25519, signed=True)
+        self.password_request(server, b"alice", b"correct horse")
+        self.assertEqual(
+            policy.logins,
+            [
+                Login("alice", "publickey", fingerprint(ED25519), "192.0.2.1"),
+                Login("alice", "password", "", "192.0.2.1"),
+            ],
+        )
+        kinds = [kind for kind, _ in transport.packets]
+        self.assertEqual(kinds, [userauth.MSG_USERAUTH_SUCCESS] * 2)
+
+    def test_policy_refusal_logs_out_and_disconnects(self) -> None:
+        """
+        A login the policy refuses (a session limit) logs the avatar out
+        again and disconnects with the policy's sentence.
+        """
+        logouts = []
+        self.realm.requestAvatar = lambda avatar_id, mind, *i: (  # type: ignore
+            IConchUser,
+            _Avatar(),
+            lambda: logouts.append(avatar_id),
+        )
+        server, transport = self.connect(_Policy(refusal="User alice has 2 sessions."))
+        self.key_request(server, ED25519, signed=True)
+        self.assertEqual(transport.packets, [(-1, b"User alice has 2 sessions.")])
+        self.assertEqual(logouts, [b"alice"])
+
+    def test_password_is_offered_only_while_some_user_has_one(self) -> None:
+        """
+        The failure reply lists C{password} only when the policy says some
+        user has a password.
+        """
+        for passwords, methods in (
+            (True, b"publickey,password"),
+            (False, b"publickey"),
+        ):
+            policy = _Policy()
+            policy.passwords = passwords  # type: ignore[attr-defined]
+            server, transport = self.connect(policy)
+            self.key_request(server, STRANGER, signed=True)
+            [(kind, payload)] = transport.packets
+            self.assertEqual(kind, userauth.MSG_USERAUTH_FAILURE)
+            self.assertEqual(getNS(payload)[0], methods)

@@ -214,3 +214,35 @@ def test_the_admin_command_has_tasks(settings, names, capsys) -> None:
 
     assert main(["--db", str(settings.db), "tasks", "list", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_retry_requeues_a_failed_task(settings, names, capsys) -> None:
+    """
+    retry moves a FAILED task back to QUEUED, keeps its messages and adds
+    one saying an operator queued it again.
+    """
+    assert run(settings, "tasks", "retry", names["failed"][:10]) == 0
+    assert "is queued again" in capsys.readouterr().out
+    store = TaskStore(settings.db)
+    task = store.get(names["failed"])
+    store.close()
+    assert task is not None
+    assert task.status == "QUEUED"
+    assert task.started is None and task.ended is None
+    texts = [m.text for m in task.messages]
+    assert "Step 'Well-formed' failed: the file is empty." in texts
+    assert texts[-1] == "Queued again by an operator (tasks retry)."
+
+
+@pytest.mark.parametrize("which", ["finished", "queued"])
+def test_retry_refuses_a_task_that_did_not_fail(settings, names, capsys, which) -> None:
+    assert run(settings, "tasks", "retry", names[which]) == 1
+    err = capsys.readouterr().err
+    assert "Only FAILED tasks can be retried" in err
+
+
+def test_retry_wait_reports_when_no_server_runs_it(settings, names, capsys) -> None:
+    assert run(settings, "tasks", "retry", names["failed"], "--wait", "0.3") == 1
+    assert (
+        "has not ended after 0.3 s; is the server running?" in capsys.readouterr().err
+    )

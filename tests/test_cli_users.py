@@ -5,11 +5,14 @@ key home in a temporary folder.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
+import tomllib
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from quartet_sftpd.cli import main
@@ -62,7 +65,8 @@ def test_user_add_with_several_key_files(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """
-    C{--key} may be repeated; every key lands in the user's file.
+    C{--key} may be repeated or take several files; every key lands in the
+    user's file.
     """
     assert (
         run(
@@ -78,6 +82,16 @@ def test_user_add_with_several_key_files(
         == 0
     )
     assert len(fingerprints(home, capsys)["alice"]) == 2
+    bob = [
+        "user",
+        "add",
+        "bob",
+        "--key",
+        str(home / "alice.pub"),
+        str(home / "spare.pub"),
+    ]
+    assert run(home, *bob) == 0
+    assert len(fingerprints(home, capsys)["bob"]) == 2
 
 
 def test_user_add_refuses_an_existing_user(
@@ -241,3 +255,156 @@ def test_user_key_add_and_remove(
     assert fingerprints(home, capsys) == {"alice": [first]}
     assert run(home, "user", "key", "remove", "alice", first) == 1
     assert "last key" in capsys.readouterr().err
+
+
+def rules_file(home: Path) -> Path:
+    """
+    A rules file with three rules, one with a space in its name.
+    """
+    path = home / "rules.toml"
+    path.write_text(
+        "".join(
+            f'[[rule]]\nname = "{name}"\n[[rule.step]]\nname = "W"\n'
+            'class = "quartet_sftpd.steps.WellFormedXML"\n'
+            for name in ("EPCIS", "Shipping Notices", "Returns")
+        )
+    )
+    return path
+
+
+def run_with_rules(home: Path, *argv: str) -> int:
+    return main(["--keys", str(home / "keys"), "--rules", str(rules_file(home)), *argv])
+
+
+def show(home: Path, capsys: pytest.CaptureFixture[str], name: str) -> dict:
+    capsys.readouterr()
+    assert run(home, "user", "show", name, "--json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_user_add_with_rules(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{--rules} takes rule names or folder names; the user's settings file
+    (0640) names the rules; a rule that does not exist is refused and no
+    user is created.
+    """
+    key = str(home / "alice.pub")
+    args = ["user", "add", "alice", "--key", key, "--rules", "EPCIS,Shipping-Notices"]
+    assert run_with_rules(home, *args) == 0
+    assert "Rules: EPCIS, Shipping Notices" in capsys.readouterr().out
+    settings_file = home / "keys" / "users" / "alice.toml"
+    assert stat.S_IMODE(os.stat(settings_file).st_mode) == 0o640
+    assert show(home, capsys, "alice")["rules"] == ["EPCIS", "Shipping Notices"]
+
+    args = ["user", "add", "bob", "--key", key, "--rules", "EPCIS,Invoices"]
+    assert run_with_rules(home, *args) == 1
+    err = capsys.readouterr().err
+    assert "'Invoices' is no rule" in err
+    assert "EPCIS, Shipping Notices, Returns" in err
+    assert not (home / "keys" / "users" / "bob.keys").exists()
+    assert not (home / "keys" / "users" / "bob.toml").exists()
+
+
+def test_user_rules(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{user rules NAME R1,R2} replaces the granted rules, C{--all} grants
+    every rule again; unknown rules and unknown users are refused.
+    """
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    assert show(home, capsys, "alice")["rules"] is None
+    assert run_with_rules(home, "user", "rules", "alice", "Returns") == 0
+    assert "now sees Returns" in capsys.readouterr().out
+    assert show(home, capsys, "alice")["rules"] == ["Returns"]
+    assert run_with_rules(home, "user", "rules", "alice", "Nope") == 1
+    assert show(home, capsys, "alice")["rules"] == ["Returns"]
+    assert run_with_rules(home, "user", "rules", "alice", "--all") == 0
+    assert show(home, capsys, "alice")["rules"] is None
+    assert run_with_rules(home, "user", "rules", "bob", "EPCIS") == 1
+    assert "no user" in capsys.readouterr().err
+    assert run_with_rules(home, "user", "rules", "alice") == 2
+
+
+def test_disable_and_enable(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{user disable} marks the user disabled (shown by show and list) and
+    C{user enable} undoes it, keeping the keys.
+    """
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    assert run(home, "user", "disable", "alice") == 0
+    assert show(home, capsys, "alice")["disabled"] is True
+    assert run(home, "user", "list") == 0
+    assert capsys.readouterr().out.startswith("alice (disabled)\n")
+    assert run(home, "user", "enable", "alice") == 0
+    details = show(home, capsys, "alice")
+    assert details["disabled"] is False
+    assert len(details["keys"]) == 1
+    assert run(home, "user", "disable", "bob") == 1
+
+
+def test_user_show(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{user show} prints keys, rules, password and session limit.
+    """
+    run_with_rules(
+        home,
+        "user",
+        "add",
+        "alice",
+        "--key",
+        str(home / "alice.pub"),
+        "--rules",
+        "EPCIS",
+    )
+    capsys.readouterr()
+    assert run(home, "user", "show", "alice") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "alice"
+    assert lines[1].startswith("  SHA256:")
+    assert lines[2:] == [
+        "  rules: EPCIS",
+        "  password: none",
+        "  max sessions: the default",
+    ]
+    assert run(home, "user", "show", "bob") == 1
+
+
+def test_passwords_from_standard_input(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    C{--password} reads the password from standard input when it is not a
+    terminal and stores only a bcrypt hash; C{user password --remove}
+    removes it.  A user may have a password and no key.
+    """
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse\n"))
+    assert run(home, "user", "add", "carol", "--password") == 0
+    assert "with 0 key(s) and a password" in capsys.readouterr().out
+    text = (home / "keys" / "users" / "carol.toml").read_text()
+    assert "correct horse" not in text
+    stored = tomllib.loads(text)["password"]
+    assert bcrypt.checkpw(b"correct horse", stored.encode())
+    assert show(home, capsys, "carol")["password"] is True
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert run(home, "user", "password", "carol") == 1
+    assert "empty" in capsys.readouterr().err
+    assert run(home, "user", "password", "carol", "--remove") == 0
+    assert show(home, capsys, "carol")["password"] is False
+
+
+def test_session_limits(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    C{--max-sessions} at add and C{user sessions} set a user's own session
+    limit; C{--default} goes back to the server's; negative is a usage
+    error.
+    """
+    key = str(home / "alice.pub")
+    assert run(home, "user", "add", "alice", "--key", key, "--max-sessions", "3") == 0
+    assert show(home, capsys, "alice")["max_sessions"] == 3
+    assert run(home, "user", "sessions", "alice", "0") == 0
+    assert "no limit" in capsys.readouterr().out
+    assert show(home, capsys, "alice")["max_sessions"] == 0
+    assert run(home, "user", "sessions", "alice", "--default") == 0
+    assert "default (20)" in capsys.readouterr().out
+    assert show(home, capsys, "alice")["max_sessions"] is None
+    assert run(home, "user", "sessions", "alice", "-1") == 2

@@ -25,7 +25,9 @@ def _messages(task: dict) -> str:
     return "\n".join(m["text"] for m in task["messages"])
 
 
-def test_upload_with_sftp_is_archived_and_captured(server: Server, client_key: Path) -> None:
+def test_upload_with_sftp_is_archived_and_captured(
+    server: Server, client_key: Path
+) -> None:
     """
     The issue's walk-through: ls shows EPCIS, put epcis.xml, and within a
     second the archive holds the identical bytes (mode 0640, the server's
@@ -115,7 +117,8 @@ def test_paramiko_put_with_confirm(server: Server, client_key: Path) -> None:
     transport = paramiko.Transport(("127.0.0.1", server.port))
     try:
         transport.connect(
-            username="partner", pkey=paramiko.Ed25519Key.from_private_key_file(str(client_key))
+            username="partner",
+            pkey=paramiko.Ed25519Key.from_private_key_file(str(client_key)),
         )
         sftp = paramiko.SFTPClient.from_transport(transport)
         assert sftp is not None
@@ -195,7 +198,11 @@ def test_host_keys_are_kept_across_restarts(tmp_path: Path) -> None:
     server.start()
     server.stop()
     first = {p.name: p.read_bytes() for p in (home / "keys").glob("ssh_host_*")}
-    assert set(first) >= {"ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key"}
+    assert set(first) >= {
+        "ssh_host_ed25519_key",
+        "ssh_host_ecdsa_key",
+        "ssh_host_rsa_key",
+    }
     for name in first:
         if not name.endswith(".pub"):
             assert stat.S_IMODE((home / "keys" / name).stat().st_mode) == 0o600

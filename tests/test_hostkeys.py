@@ -97,7 +97,7 @@ def test_fingerprints_as_openssh_prints_them(keys_dir: Path) -> None:
     """
     lines = fingerprints(load_or_create_host_keys(keys_dir))
     assert [line.split()[0] for line in lines] == [t.decode() for t in TYPES]
-    for name, line in zip(FILES, lines):
+    for name, line in zip(FILES, lines, strict=True):
         output = subprocess.run(
             ["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys_dir / name)],
             capture_output=True,
@@ -114,7 +114,7 @@ def test_public_files_match_private_keys(keys_dir: Path) -> None:
     """
     (keys_dir / "ssh_host_ecdsa_key.pub").unlink()
     keys = load_or_create_host_keys(keys_dir)
-    for key_type, name in zip(TYPES, FILES):
+    for key_type, name in zip(TYPES, FILES, strict=True):
         public = Key.fromFile(str(keys_dir / f"{name}.pub"))
         assert public == keys[key_type].public()
 

@@ -28,7 +28,9 @@ def harness(tmp_path: Path) -> Harness:
     return Harness(tmp_path, rules=("EPCIS", "Shipping Notices", "A-B"))
 
 
-def test_version_advertises_exactly_the_implemented_extensions(harness: Harness) -> None:
+def test_version_advertises_exactly_the_implemented_extensions(
+    harness: Harness,
+) -> None:
     """
     INIT is answered with version 3 and the extensions this server
     implements, and nothing else (no hardlink).
@@ -201,7 +203,7 @@ def test_uploader_sees_recent_upload_and_others_do_not(harness: Harness) -> None
     assert ("mine.xml", 5) in names
 
     bob = harness.connect("bob")
-    assert [n for n, _, _ in bob.listdir("/EPCIS")] == [".", ".."]
+    assert [n for n, _, _ in bob.listdir("/EPCIS")] == [".", "..", "@results"]
     code, _ = bob.path_request(fx.FXP_STAT, "/EPCIS/mine.xml").status()
     assert code == fx.FX_NO_SUCH_FILE
 
@@ -239,9 +241,7 @@ def test_fsetstat_size_truncates_like_scp(harness: Harness) -> None:
     client = harness.connect()
     handle = client.open("/EPCIS/scp.bin", fx.FXF_WRITE | fx.FXF_CREAT)
     client.write(handle, 0, b"abcdefgh")
-    client.request(
-        fx.FXP_FSETSTAT, string(handle), u32(fx.FILEXFER_ATTR_SIZE) + u64(5)
-    )
+    client.request(fx.FXP_FSETSTAT, string(handle), u32(fx.FILEXFER_ATTR_SIZE) + u64(5))
     assert client.one().status()[0] == fx.FX_OK
     assert client.close(handle)[0] == fx.FX_OK
     assert harness.archived()[0].read_bytes() == b"abcde"
@@ -322,12 +322,15 @@ def test_every_malformed_request_gets_a_reply(harness: Harness) -> None:
     """
     client = harness.connect()
     client.init()
+    # Trailing bytes are ignored, as OpenSSH's server does (rclone sends some).
     client.request(fx.FXP_REALPATH, string(b"/"), b"junk")
-    assert client.one().status()[0] == fx.FX_BAD_MESSAGE
+    assert client.one().kind == fx.FXP_NAME
     client.request(fx.FXP_CLOSE, string(b"no-such-handle"))
     code, message = client.one().status()
     assert code == fx.FX_FAILURE and "handle" in message
-    client.request(fx.FXP_EXTENDED, string(b"hardlink@openssh.com"), string(b"a"), string(b"b"))
+    client.request(
+        fx.FXP_EXTENDED, string(b"hardlink@openssh.com"), string(b"a"), string(b"b")
+    )
     assert client.one().status()[0] == fx.FX_OP_UNSUPPORTED
     client.request(fx.FXP_EXTENDED, string(b"nonsense@example.com"))
     assert client.one().status()[0] == fx.FX_OP_UNSUPPORTED
@@ -391,3 +394,55 @@ def test_statvfs_and_limits_extensions(harness: Harness) -> None:
     assert reply.kind == fx.FXP_EXTENDED_REPLY
     max_packet, max_read, max_write, max_handles = (reply.body.u64() for _ in range(4))
     assert max_write >= 32768 and max_handles == 8
+
+
+def test_results_folder_lists_and_serves_only_own_results(harness: Harness) -> None:
+    """
+    /EPCIS/@results lists one read-only text file per task of the user; the
+    file can be downloaded; writing, removing and renaming are refused.
+    """
+    from quartet_sftpd.tasks import TaskStatus
+
+    from .test_results import task as make_task
+
+    client = harness.connect("acme")
+    client.session.tasks = [
+        make_task("t1", "good.xml", TaskStatus.FINISHED, 1_796_326_408.0),
+        make_task("t2", "bad.xml", TaskStatus.FAILED, 1_796_326_468.0),
+    ]
+    entries = client.listdir("/EPCIS/@results")
+    names = [n for n, _, _ in entries]
+    assert names == [
+        ".",
+        "..",
+        "20261203T193328Z FINISHED good.xml.txt",
+        "20261203T193428Z FAILED bad.xml.txt",
+    ]
+    assert all(long.startswith("-r--r--r--") for _, long, _ in entries[2:])
+
+    path = "/EPCIS/@results/20261203T193428Z FAILED bad.xml.txt"
+    client.request(fx.FXP_OPEN, string(path.encode()), u32(fx.FXF_READ), u32(0))
+    handle = client.one().body.string()
+    client.request(fx.FXP_READ, string(handle), u64(0), u32(65536))
+    reply = client.one()
+    assert reply.kind == fx.FXP_DATA
+    text = reply.body.string().decode()
+    assert "Status:    FAILED" in text and "Step 'Summary' failed: boom." in text
+    assert client.close(handle)[0] == fx.FX_OK
+
+    assert client.open_status(path)[0] == fx.FX_PERMISSION_DENIED
+    assert (
+        client.path_request(fx.FXP_REMOVE, path).status()[0] == fx.FX_PERMISSION_DENIED
+    )
+    code, message = client.open_status("/EPCIS/@results")
+    assert code == fx.FX_FAILURE
+    code, message = client.open_status("/EPCIS/@results/new.xml")
+    assert code == fx.FX_PERMISSION_DENIED and "read-only" in message
+
+    other = harness.connect("other")
+    assert [n for n, _, _ in other.listdir("/EPCIS/@results")] == [".", ".."]
+
+
+def test_uploads_named_like_the_results_folder_are_refused(harness: Harness) -> None:
+    code, message = harness.connect().open_status("/EPCIS/@results")
+    assert code == fx.FX_FAILURE

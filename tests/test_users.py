@@ -6,10 +6,9 @@ options, settings files, and changes that apply without a restart.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -273,7 +272,7 @@ def test_parse_key_file_reads_authorized_keys(tmp_path: Path) -> None:
     )
     keys = parse_key_file(path)
     assert [k.comment for k in keys] == ["a", "b"]
-    expected = datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp()
+    expected = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
     assert keys[1].expires == expected
 
 
@@ -403,3 +402,58 @@ def test_line_round_trip() -> None:
         original.comment,
     )
     assert again.options["from"] == '10.0.0.1,!"x"'
+
+
+def test_update_settings_writes_atomically_and_removes_with_none(
+    store: UserStore,
+) -> None:
+    """
+    update_settings changes some settings, keeps the others, removes those
+    set to None, and the next read sees the change.
+    """
+    store.add("alice", parse_key_file(_pub(store, KEY)))
+    store.update_settings("alice", rules=["EPCIS"], max_sessions=2)
+    assert store.settings("alice") == {"rules": ["EPCIS"], "max_sessions": 2}
+    store.update_settings("alice", disabled=True, max_sessions=None)
+    assert store.settings("alice") == {"rules": ["EPCIS"], "disabled": True}
+    path = store.users_dir / "alice.toml"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in store.users_dir.iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(UnknownUserError):
+        store.update_settings("bob", disabled=True)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("colour = 'red'\n", "unknown setting 'colour'"),
+        ("rules = 'EPCIS'\n", "rules = 'EPCIS' has the wrong type"),
+        ("rules = [1]\n", "wrong type"),
+        ("disabled = 1\n", "wrong type"),
+        ("max_sessions = true\n", "wrong type"),
+    ],
+)
+def test_settings_are_checked(store: UserStore, content: str, message: str) -> None:
+    """
+    A settings file with an unknown key or a value of the wrong type is an
+    error naming the file, never silently ignored.
+    """
+    store.add("alice", parse_key_file(_pub(store, KEY)))
+    (store.users_dir / "alice.toml").write_text(content)
+    with pytest.raises(UserError, match=message):
+        store.settings("alice")
+    with pytest.raises(UserError):
+        store.update_settings("alice", rules=["EPCIS"])
+
+
+def test_a_user_with_a_password_may_lose_its_last_key(store: UserStore) -> None:
+    """
+    The last key cannot be removed, unless the user has a password to log
+    in with.
+    """
+    [key] = store.add("alice", parse_key_file(_pub(store, KEY)))
+    with pytest.raises(UserError, match="last key"):
+        store.remove_key("alice", key.fingerprint)
+    store.update_settings("alice", password="$2b$04$x")
+    store.remove_key("alice", key.fingerprint)
+    assert store.keys("alice") == []

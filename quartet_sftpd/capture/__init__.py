@@ -14,9 +14,10 @@ C{quartet} (quartet_capture in-process) and C{http} (QU4RTET's capture API).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -51,6 +52,22 @@ class RuleGoneError(Exception):
     """
 
 
+class UploadRejected(Exception):
+    """
+    The backend recorded the upload but refuses it, for a reason the client
+    should read in its CLOSE reply: a quick check failed, or the same bytes
+    came before and the rule rejects duplicates.  The bytes stay archived
+    and the task records why.
+
+    @ivar task: the name of the task that records the refusal.
+    """
+
+    def __init__(self, message: str, task: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.task = task
+
+
 class ICaptureBackend(Protocol):
     """
     A place where archived uploads become capture tasks.
@@ -76,8 +93,10 @@ class ICaptureBackend(Protocol):
         Record a task for an archived upload and arrange for its rule to run.
 
         @return: a Deferred that fires with the task name once the task is
-            durably recorded (the rule runs later, not before this fires),
-            or fails with the reason it could not be recorded.
+            durably recorded (the rule runs later, not before this fires,
+            except for its quick checks), or fails with L{UploadRejected}
+            when a check or the duplicate policy refuses the upload, or with
+            the reason it could not be recorded.
         """
 
     def start(self) -> Deferred[None] | None:

@@ -15,13 +15,14 @@ The rule gets the whole file in memory, as quartet_capture rules do.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -29,10 +30,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from quartet_sftpd.capture import ArchivedUpload
+from quartet_sftpd.capture import ArchivedUpload, UploadRejected
 from quartet_sftpd.config import Settings
 from quartet_sftpd.rules import Rule, RuleContext, RuleFailed, RulesError, load_rules
-from quartet_sftpd.tasks import TaskLog, TaskStatus, TaskStore
+from quartet_sftpd.tasks import Task, TaskLog, TaskStatus, TaskStore
+
+if TYPE_CHECKING:
+    from quartet_sftpd.metrics import Metrics
 
 _T = TypeVar("_T")
 
@@ -78,6 +82,8 @@ class _Outcome:
     status: TaskStatus
     ms: int
     reason: str = ""
+    #: When a quick check failed: what the client is told.
+    rejected: str | None = None
 
 
 # The rules file's identity: (mtime, size, inode) or (None, errno, None) if
@@ -91,6 +97,13 @@ def _signature_of(path: Path) -> _Signature:
     except OSError as error:
         return (None, error.errno, None)
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _utc(moment: float) -> str:
+    """
+    A time as partners read it: C{2026-12-03 19:33:28 UTC}.
+    """
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(moment))
 
 
 def _rule_gone(rule: str, upload_name: str, archive_path: str) -> str:
@@ -141,6 +154,9 @@ class BuiltinBackend:
         self._refreshing = False
         self._pending: set[Deferred[Any]] = set()
         self._scheduled: set[str] = set()
+        self._check_waiters: dict[str, Deferred[str]] = {}
+        #: Where task outcomes are counted for the metrics endpoint, if anywhere.
+        self.metrics: Metrics | None = None
         self._idle_waiters: list[Deferred[None]] = []
 
     # -- the ICaptureBackend interface, called on the reactor thread --
@@ -193,7 +209,9 @@ class BuiltinBackend:
 
     def refresh(self) -> Deferred[bool]:
         """
-        Read the rules file again if its time, size or inode changed.
+        Read the rules file again if its time, size or inode changed, and
+        run the QUEUED tasks nobody runs yet (an operator's C{tasks retry}
+        puts a task back in the queue from another process).
 
         A file that cannot be read or has an error keeps the rules loaded
         before in place; one warning is logged for each change to the file.
@@ -205,6 +223,7 @@ class BuiltinBackend:
         self._refreshing = True
         d = self._in_store(self._read_rules, self._signature)
         d.addCallback(self._rules_read)
+        d.addCallback(self._run_requeued)
 
         def done(result: object) -> object:
             self._refreshing = False
@@ -228,24 +247,120 @@ class BuiltinBackend:
         """
         if self._state not in ("running", "stopping"):
             return fail(CaptureStoppedError("the capture engine is not running."))
-        rule_known = upload.rule in self._rules
-        d = self._in_store(self._record, upload, rule_known)
-
-        def recorded(name: str) -> str:
-            if rule_known:
-                self._schedule(name)
-            else:
-                self.log.warn(
-                    "task {task} for rule {rule} failed: the rule no longer exists",
-                    task=name,
-                    rule=upload.rule,
-                    user=upload.user,
-                    path=str(upload.archive_path),
-                )
-            return name
-
-        d.addCallback(recorded)
+        rule = self._rules.get(upload.rule)
+        d = self._in_store(self._record, upload, rule is not None)
+        if rule is None:
+            d.addCallback(self._rule_gone_logged, upload)
+            return d
+        since = upload.received - self._settings.duplicate_window
+        d.addCallback(lambda name: self._in_store(self._duplicate_of, name, since))
+        d.addCallback(lambda found: self._apply_policy(rule, upload, *found))
         return d
+
+    def _rule_gone_logged(self, name: str, upload: ArchivedUpload) -> str:
+        self.log.warn(
+            "task {task} for rule {rule} failed: the rule no longer exists",
+            task=name,
+            rule=upload.rule,
+            user=upload.user,
+            path=str(upload.archive_path),
+        )
+        return name
+
+    def _apply_policy(
+        self, rule: Rule, upload: ArchivedUpload, name: str, earlier: Task | None
+    ) -> Deferred[str] | str:
+        """
+        Act on the rule's duplicate policy, then run the rule; the result
+        fires once the task is settled enough to answer the client's CLOSE.
+        """
+        if earlier is not None:
+            seen = (
+                f"The same bytes were uploaded to {rule.name} before, as "
+                f"{earlier.file} at {_utc(earlier.received)} (task {earlier.name})"
+            )
+            if rule.duplicates == "accept":
+                d = self._in_store(
+                    self._store_call,
+                    "add_message",
+                    name,
+                    "INFO",
+                    f"{seen}; the rule runs again, as it accepts duplicates.",
+                )
+                d.addCallback(lambda _: self._run_with_checks(rule, upload, name))
+                return d
+            note = f"{seen}; the rule was not run, as it {rule.duplicates}s duplicates."
+            d = self._in_store(self._store_call, "mark_duplicate", name, note)
+            self.log.info(
+                "task {task}: {user}'s {file} for rule {rule} is a duplicate of "
+                "task {earlier} ({policy})",
+                task=name,
+                user=upload.user,
+                file=upload.name,
+                rule=rule.name,
+                earlier=earlier.name,
+                policy=rule.duplicates,
+            )
+            if self.metrics is not None:
+                self.metrics.task_ended(rule.name, TaskStatus.DUPLICATE.value, None)
+            if rule.duplicates == "skip":
+                return d.addCallback(lambda _: name)
+            message = (
+                f"{rule.name} rejected {upload.name}: the same file was uploaded "
+                f"before, as {earlier.file} at {_utc(earlier.received)}."
+            )
+            return d.addCallback(lambda _: fail(UploadRejected(message, name)))
+        return self._run_with_checks(rule, upload, name)
+
+    def _run_with_checks(
+        self, rule: Rule, upload: ArchivedUpload, name: str
+    ) -> Deferred[str] | str:
+        """
+        Schedule the rule.  When it starts with quick checks, the result
+        waits for them (at most C{check_timeout} seconds, then the checks go
+        on like the other steps and their outcome shows only in the task).
+        """
+        if not rule.has_checks:
+            self._schedule(name)
+            return name
+        waiter: Deferred[str] = Deferred()
+        self._check_waiters[name] = waiter
+        self._schedule(name)
+        if not waiter.called:
+            timer = self._reactor.callLater(  # type: ignore[attr-defined]
+                self._settings.check_timeout, self._checks_done, name, None
+            )
+
+            def stop_timer(result: object) -> object:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            waiter.addBoth(stop_timer)
+        return waiter
+
+    def _checks_done(self, name: str, rejected: str | None) -> None:
+        """
+        Answer the CLOSE that waits for a task's checks, if one still does.
+        """
+        waiter = self._check_waiters.pop(name, None)
+        if waiter is None or waiter.called:
+            return
+        if rejected is None:
+            waiter.callback(name)
+        else:
+            waiter.errback(UploadRejected(rejected, name))
+
+    def results(self, user: str, rule: str, since: float) -> Deferred[list[Task]]:
+        """
+        One user's tasks in one rule received since C{since}, with their
+        messages, for the partner's C{@results} view.
+
+        @return: a Deferred firing with the tasks, newest first.
+        """
+        if self._store is None:
+            return succeed([])
+        return self._in_store(self._store_call, "of_user", user, rule, since)
 
     def stop(self) -> Deferred[None]:
         """
@@ -303,6 +418,14 @@ class BuiltinBackend:
         except RulesError as error:
             return signature, None, error
 
+    def _duplicate_of(self, name: str, since: float) -> tuple[str, Task | None]:
+        assert self._store is not None
+        return name, self._store.find_duplicate(name, since)
+
+    def _store_call(self, method: str, *args: Any) -> Any:
+        assert self._store is not None
+        return getattr(self._store, method)(*args)
+
     def _record(self, upload: ArchivedUpload, rule_known: bool) -> str:
         assert self._store is not None
         task = self._store.create(upload)
@@ -323,6 +446,23 @@ class BuiltinBackend:
             )
         for name in names:
             self._schedule(name)
+
+    def _run_requeued(self, changed: bool) -> Deferred[bool]:
+        assert self._store is not None
+        d = self._in_store(self._store.queued)
+
+        def schedule(names: list[str]) -> bool:
+            # A task recorded by submit() is scheduled before this answer
+            # arrives (the store pool is one thread, its answers come back in
+            # order), so only tasks queued from outside are new here.
+            for name in names:
+                if name not in self._scheduled:
+                    self.log.info("task {task} was queued again; running it", task=name)
+                    self._schedule(name)
+            return changed
+
+        d.addCallback(schedule)
+        return d
 
     def _rules_read(
         self,
@@ -369,11 +509,16 @@ class BuiltinBackend:
 
     def _unschedule(self, result: _T, name: str) -> _T:
         self._scheduled.discard(name)
+        rejected = result.rejected if isinstance(result, _Outcome) else None
+        self._checks_done(name, rejected)
         return result
 
     def _log_outcome(self, outcome: _Outcome | None) -> None:
         if outcome is None:
             return
+        if self.metrics is not None:
+            status = outcome.status.value
+            self.metrics.task_ended(outcome.rule, status, outcome.ms / 1000)
         if outcome.status is TaskStatus.FINISHED:
             self.log.info(
                 "task {task} for rule {rule} finished in {ms} ms",
@@ -441,11 +586,19 @@ class BuiltinBackend:
                 RuleContext.SHA256: task.sha256,
             },
         )
+
+        def checks_passed() -> None:
+            self._reactor.callFromThread(self._checks_done, name, None)
+
         try:
-            rule.run(TaskLog(store, name), data, context)
+            rule.run(TaskLog(store, name), data, context, checks_passed)
         except RuleFailed as failure:
             store.fail(name)
-            return ended(TaskStatus.FAILED, str(failure))
+            outcome = ended(TaskStatus.FAILED, str(failure))
+            if failure.in_checks:
+                rejected = f"{rule.name} rejected {task.file}: {failure.detail}"
+                outcome = dataclasses.replace(outcome, rejected=rejected)
+            return outcome
         store.finish(name)
         return ended(TaskStatus.FINISHED)
 

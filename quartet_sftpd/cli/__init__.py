@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from quartet_sftpd.cli import tasks, users
+from quartet_sftpd.cli import archive, tasks, users
 from quartet_sftpd.config import ConfigError, load_settings
 from quartet_sftpd.users import UserError
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     users.register(subparsers)
     tasks.register(subparsers)
+    archive.register(subparsers)
     return parser
 
 
@@ -67,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         C{sys.argv[1:]}.
     @return: the exit status: 0 on success, 1 when the command could not
         be done (a L{UserError} or a file that cannot be written), 2 for a
-        usage or settings error (L{ConfigError}).
+        usage or settings error (L{ConfigError}, or arguments that do not
+        go together).
     """
     parser = build_parser()
     try:
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, overrides)
         return int(handler(settings, args))
-    except ConfigError as error:
+    except (ConfigError, users.UsageError) as error:
         _fail(error)
         return 2
     except UserError as error:

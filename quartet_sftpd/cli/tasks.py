@@ -3,10 +3,13 @@ The C{tasks} admin command: what happened to each upload.
 
     quartet-sftpd tasks list [--rule R] [--status S] [--limit N] [--json]
     quartet-sftpd tasks show NAME [--json]
+    quartet-sftpd tasks retry NAME [--wait SECONDS]
 
 C{list} prints the newest tasks first as a table (name, rule, status, user,
-file, size, created in UTC).  C{show} prints one task with its messages; NAME
-may be shortened to any prefix that only one task has.
+file, size, created in UTC).  C{show} prints one task with its messages.
+C{retry} puts a FAILED task back in the queue, and the running server runs
+its rule again on the archived bytes.  NAME may be shortened to any prefix
+that only one task has.
 
 With C{--json}, C{list} prints a JSON array of task objects and C{show} one
 task object.  These field names are stable:
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -79,6 +83,19 @@ def register(subparsers: Any) -> None:
     show.add_argument("name", metavar="NAME", help="the task's name or a prefix of it")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=show_task)
+
+    retry = commands.add_parser(
+        "retry", help="run a FAILED task's rule again on its archived bytes"
+    )
+    retry.add_argument("name", metavar="NAME", help="the task's name or a prefix of it")
+    retry.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait up to this long for the outcome and print it",
+    )
+    retry.set_defaults(handler=retry_task)
 
 
 def _positive(text: str) -> int:
@@ -141,21 +158,10 @@ def show_task(settings: Settings, args: argparse.Namespace) -> int:
     if store is None:
         return 1
     try:
-        names = [args.name] if store.get(args.name) else store.names_starting(args.name)
-        task = store.get(names[0]) if len(names) == 1 else None
+        task = _find(store, args.name, stderr)
     finally:
         store.close()
     if task is None:
-        if names:
-            stderr.write(
-                f"quartet-sftpd: error: more than one task starts with {args.name!r}; "
-                "give more of its name.\n"
-            )
-        else:
-            stderr.write(
-                f"quartet-sftpd: error: there is no task named {args.name!r}; "
-                "`quartet-sftpd tasks list` shows the task names.\n"
-            )
         return 1
     if args.json:
         json.dump(task.to_json(messages=True), stdout, indent=2)
@@ -163,6 +169,75 @@ def show_task(settings: Settings, args: argparse.Namespace) -> int:
     else:
         stdout.write(_details(task))
     return 0
+
+
+def _find(store: TaskStore, name: str, stderr: TextIO) -> Task | None:
+    """
+    The one task whose name is, or starts with, C{name}; None (with a
+    message on C{stderr}) when none or several match.
+    """
+    names = [name] if store.get(name) else store.names_starting(name)
+    if len(names) == 1:
+        return store.get(names[0])
+    if names:
+        stderr.write(
+            f"quartet-sftpd: error: more than one task starts with {name!r}; "
+            "give more of its name.\n"
+        )
+    else:
+        stderr.write(
+            f"quartet-sftpd: error: there is no task named {name!r}; "
+            "`quartet-sftpd tasks list` shows the task names.\n"
+        )
+    return None
+
+
+def retry_task(settings: Settings, args: argparse.Namespace) -> int:
+    """
+    Put a FAILED task back in the queue; the running server runs its rule
+    again on the archived bytes at its next refresh (C{reload_interval}).
+
+    @return: the exit status: 1 if the task is unknown or not FAILED, or
+        (with C{--wait}) if it did not finish in time or failed again.
+    """
+    stdout, stderr = _streams(args)
+    store = _open(settings, stderr)
+    if store is None:
+        return 1
+    try:
+        task = _find(store, args.name, stderr)
+        if task is None:
+            return 1
+        try:
+            store.requeue(task.name, "Queued again by an operator (tasks retry).")
+        except TaskStoreError as error:
+            stderr.write(
+                f"quartet-sftpd: error: {error} Only FAILED tasks can be retried.\n"
+            )
+            return 1
+        stdout.write(
+            f"Task {task.name} is queued again; the running server runs rule "
+            f"{task.rule} on {task.file} within {settings.reload_interval:g} s.\n"
+        )
+        if args.wait <= 0:
+            return 0
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            current = store.get(task.name)
+            if current is not None and current.status in (
+                TaskStatus.FINISHED,
+                TaskStatus.FAILED,
+            ):
+                stdout.write(_details(current))
+                return 0 if current.status is TaskStatus.FINISHED else 1
+            time.sleep(0.2)
+        stderr.write(
+            f"quartet-sftpd: error: task {task.name} has not ended after "
+            f"{args.wait:g} s; is the server running?\n"
+        )
+        return 1
+    finally:
+        store.close()
 
 
 _COLUMNS = ("NAME", "RULE", "STATUS", "USER", "FILE", "SIZE", "CREATED (UTC)")

@@ -21,9 +21,9 @@ An entry is in one of these states:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 UPLOADING = "uploading"
 STAGED = "staged"

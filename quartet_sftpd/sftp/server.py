@@ -10,7 +10,9 @@ constants) and maps each request onto the virtual tree and the intake.
 
 Every request gets exactly one reply.  Errors a client can fix come back as
 a sentence; anything unexpected is logged once with its context and the
-client reads only that the server failed, never a traceback.
+client reads only that the server failed, never a traceback.  Bytes after a
+request's last field are ignored, as OpenSSH's sftp-server ignores them
+(rclone 1.60 sends WRITE requests padded past their data).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import errno
 import os
 import struct
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.conch.ssh.filetransfer import (
     FX_BAD_MESSAGE,
@@ -61,14 +64,16 @@ from twisted.conch.ssh.filetransfer import (
 )
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import Protocol as TwistedProtocol
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from quartet_sftpd.intake import Intake
 from quartet_sftpd.sftp.registry import FileEntry
+from quartet_sftpd.sftp.results import RESULTS, ResultFile
 from quartet_sftpd.sftp.tree import (
     Entry,
+    ResultEntry,
+    ResultsFolder,
     Root,
     RuleFolder,
     VirtualTree,
@@ -109,6 +114,9 @@ _ERRNO_CODES = {
 
 _FOLDER_MODE = 0o40775
 _ROOT_MODE = 0o40555
+_RESULTS_MODE = 0o40555
+_RESULT_MODE = 0o100444
+_READ_ONLY = "Results are read-only; they change as your uploads are processed."
 
 
 class ISessionContext(Protocol):
@@ -123,10 +131,17 @@ class ISessionContext(Protocol):
     max_handles: int
     max_upload_size: int | None
     started: float
+    #: Whether the server is shutting down (so open uploads are its doing).
+    stopping: bool
 
     def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
         Run blocking disk work off the reactor thread.
+        """
+
+    def results(self, rule: str) -> Deferred[dict[str, ResultFile]]:
+        """
+        The user's result files in one rule, by file name.
         """
 
 
@@ -140,6 +155,33 @@ class _Listing:
         self.position = 0
 
 
+class _Download:
+    """
+    A result file open for reading: its text, made when it was opened.
+    """
+
+    def __init__(self, result: ResultFile) -> None:
+        self.data = result.text()
+        self.mtime = int(result.mtime)
+
+    def attrs(self) -> dict[str, int]:
+        return _result_attrs(len(self.data), self.mtime)
+
+
+def _result_attrs(size: int, mtime: float) -> dict[str, int]:
+    return {
+        "size": size,
+        "uid": 0,
+        "gid": 0,
+        "permissions": _RESULT_MODE,
+        "atime": int(mtime),
+        "mtime": int(mtime),
+    }
+
+
+_Handle = Upload | _Listing | _Download
+
+
 class SFTPServerProtocol(TwistedProtocol):
     """
     One SFTP session, speaking protocol version 3 as OpenSSH does.
@@ -150,11 +192,12 @@ class SFTPServerProtocol(TwistedProtocol):
     def __init__(self, context: ISessionContext) -> None:
         self.context = context
         self._buffer = bytearray()
-        self._handles: dict[bytes, Upload | _Listing] = {}
+        self._handles: dict[bytes, _Handle] = {}
         self._next_handle = 0
         self._initialised = False
         self._open = True
         self._warned_overflow = False
+        self._noted_trailing = False
         self._dispatch: dict[int, Callable[[bytes, Reader], Deferred[Any] | None]] = {
             FXP_OPEN: self._open_file,
             FXP_CLOSE: self._close,
@@ -220,13 +263,26 @@ class SFTPServerProtocol(TwistedProtocol):
         request_id = payload[:4]
         handler = self._dispatch.get(kind)
         if handler is None:
-            self._status(request_id, FX_OP_UNSUPPORTED, f"Request type {kind} is not supported.")
+            self._status(
+                request_id, FX_OP_UNSUPPORTED, f"Request type {kind} is not supported."
+            )
             return
+        reader = Reader(payload, 4)
         try:
-            result = handler(request_id, Reader(payload, 4))
+            result = handler(request_id, reader)
         except Exception:
             self._fail(Failure(), request_id, kind)
             return
+        finally:
+            if reader.trailing and not self._noted_trailing:
+                self._noted_trailing = True
+                self._log.debug(
+                    "ignoring {count} bytes after a request of type {kind} from "
+                    "{user}, as OpenSSH does (logged once per session)",
+                    count=reader.trailing,
+                    kind=kind,
+                    user=self.context.user,
+                )
         if isinstance(result, Deferred):
             result.addErrback(self._fail, request_id, kind)
 
@@ -273,7 +329,9 @@ class SFTPServerProtocol(TwistedProtocol):
     def _ok(self, request_id: bytes, message: str = "OK") -> None:
         self._status(request_id, FX_OK, message)
 
-    def _names(self, request_id: bytes, names: list[tuple[str, str, dict[str, int]]]) -> None:
+    def _names(
+        self, request_id: bytes, names: list[tuple[str, str, dict[str, int]]]
+    ) -> None:
         body = b"".join(
             string(n.encode("utf-8")) + string(ln.encode("utf-8")) + pack_attrs(a)
             for n, ln, a in names
@@ -298,14 +356,18 @@ class SFTPServerProtocol(TwistedProtocol):
         client, so they are aborted, never completed.
         """
         self._open = False
+        if self.context.stopping:
+            why = "the server stopped before the client's CLOSE"
+        else:
+            why = "the connection was lost before CLOSE"
         handles, self._handles = self._handles, {}
         for handle in handles.values():
             if isinstance(handle, Upload):
-                self.context.intake.abort(handle, "the connection was lost before CLOSE")
+                self.context.intake.abort(handle, why)
 
     # Handles
 
-    def _new_handle(self, obj: Upload | _Listing) -> bytes:
+    def _new_handle(self, obj: _Handle) -> bytes:
         if len(self._handles) >= self.context.max_handles:
             raise SFTPError(
                 FX_FAILURE,
@@ -317,7 +379,7 @@ class SFTPServerProtocol(TwistedProtocol):
         self._handles[handle] = obj
         return handle
 
-    def _handle(self, reader: Reader) -> tuple[bytes, Upload | _Listing]:
+    def _handle(self, reader: Reader) -> tuple[bytes, _Handle]:
         handle = reader.string()
         try:
             return handle, self._handles[handle]
@@ -328,9 +390,25 @@ class SFTPServerProtocol(TwistedProtocol):
 
     def _upload(self, reader: Reader) -> tuple[bytes, Upload]:
         handle, obj = self._handle(reader)
+        if isinstance(obj, _Download):
+            raise SFTPError(FX_PERMISSION_DENIED, _READ_ONLY)
         if not isinstance(obj, Upload):
             raise SFTPError(FX_FAILURE, "This handle is a folder, not a file.")
         return handle, obj
+
+    def _result(self, node: ResultEntry) -> Deferred[ResultFile]:
+        d = self.context.results(node.rule)
+
+        def found(results: dict[str, ResultFile]) -> ResultFile:
+            if node.name not in results:
+                raise OSError(
+                    errno.ENOENT,
+                    f"{node.name} is not one of your results in "
+                    f"/{node.folder}/{RESULTS}.",
+                )
+            return results[node.name]
+
+        return d.addCallback(found)
 
     # Attributes of the tree
 
@@ -346,17 +424,27 @@ class SFTPServerProtocol(TwistedProtocol):
         }
 
     def _entry(self, node: Entry) -> FileEntry:
-        entry = self.context.intake.registry.get(self.context.user, node.folder, node.name)
+        entry = self.context.intake.registry.get(
+            self.context.user, node.folder, node.name
+        )
         if entry is None:
-            raise OSError(errno.ENOENT, f"{node.name} does not exist in /{node.folder}.")
+            raise OSError(
+                errno.ENOENT, f"{node.name} does not exist in /{node.folder}."
+            )
         return entry
 
-    def _node_attrs(self, raw_path: bytes) -> dict[str, int]:
+    def _node_attrs(self, raw_path: bytes) -> dict[str, int] | Deferred[dict[str, int]]:
         node = self.context.tree.resolve(raw_path)
         if isinstance(node, Root):
             return self._folder_attrs(root=True)
         if isinstance(node, RuleFolder):
             return self._folder_attrs()
+        if isinstance(node, ResultsFolder):
+            return {**self._folder_attrs(), "permissions": _RESULTS_MODE}
+        if isinstance(node, ResultEntry):
+            return self._result(node).addCallback(
+                lambda result: _result_attrs(len(result.text()), result.mtime)
+            )
         return self._entry(node).attrs()
 
     # Requests
@@ -368,9 +456,12 @@ class SFTPServerProtocol(TwistedProtocol):
         reader.end()
 
         node = self.context.tree.resolve(raw)
+        if isinstance(node, ResultEntry):
+            return self._open_result(request_id, node, flags)
         if not isinstance(node, Entry):
             raise SFTPError(
-                FX_FAILURE, f"{node.path} is a folder. {self.context.tree.where_files_go()}"
+                FX_FAILURE,
+                f"{node.path} is a folder. {self.context.tree.where_files_go()}",
             )
         if not flags & FXF_WRITE:
             raise SFTPError(
@@ -388,13 +479,25 @@ class SFTPServerProtocol(TwistedProtocol):
             raise
         self._send(FXP_HANDLE, request_id + string(handle))
 
+    def _open_result(
+        self, request_id: bytes, node: ResultEntry, flags: int
+    ) -> Deferred[Any]:
+        if flags & FXF_WRITE:
+            raise SFTPError(FX_PERMISSION_DENIED, _READ_ONLY)
+
+        def opened(result: ResultFile) -> None:
+            handle = self._new_handle(_Download(result))
+            self._send(FXP_HANDLE, request_id + string(handle))
+
+        return self._result(node).addCallback(opened)
+
     def _close(self, request_id: bytes, reader: Reader) -> Deferred[Any] | None:
         handle, obj = self._handle(reader)
         reader.end()
         # From here on the upload is the intake's: a lost connection no
         # longer aborts it, because the client did send its CLOSE.
         del self._handles[handle]
-        if isinstance(obj, _Listing):
+        if isinstance(obj, (_Listing, _Download)):
             self._ok(request_id)
             return None
 
@@ -410,10 +513,20 @@ class SFTPServerProtocol(TwistedProtocol):
         return d
 
     def _read(self, request_id: bytes, reader: Reader) -> None:
-        _, upload = self._upload(reader)
+        _, obj = self._handle(reader)
         offset = reader.u64()
         length = min(reader.u32(), MAX_DATA)
         reader.end()
+        if isinstance(obj, _Download):
+            chunk = obj.data[offset : offset + length]
+            if not chunk:
+                self._status(request_id, FX_EOF, "End of file.")
+            else:
+                self._send(FXP_DATA, request_id + string(chunk))
+            return
+        if not isinstance(obj, Upload):
+            raise SFTPError(FX_FAILURE, "This handle is a folder, not a file.")
+        upload = obj
         if upload.fd is None:
             raise SFTPError(FX_FAILURE, "This file is being closed.")
         data = os.pread(upload.fd, length, offset)
@@ -442,10 +555,14 @@ class SFTPServerProtocol(TwistedProtocol):
             raise
         self._ok(request_id)
 
-    def _stat(self, request_id: bytes, reader: Reader) -> None:
+    def _stat(self, request_id: bytes, reader: Reader) -> Deferred[Any] | None:
         raw = reader.string()
         reader.end()
-        self._attrs(request_id, self._node_attrs(raw))
+        attrs = self._node_attrs(raw)
+        if isinstance(attrs, Deferred):
+            return attrs.addCallback(lambda found: self._attrs(request_id, found))
+        self._attrs(request_id, attrs)
+        return None
 
     def _fstat(self, request_id: bytes, reader: Reader) -> None:
         _, obj = self._handle(reader)
@@ -460,6 +577,8 @@ class SFTPServerProtocol(TwistedProtocol):
         attrs = reader.attrs()
         reader.end()
         node = self.context.tree.resolve(raw)
+        if isinstance(node, (ResultsFolder, ResultEntry)):
+            raise SFTPError(FX_PERMISSION_DENIED, _READ_ONLY)
         if isinstance(node, Entry):
             entry = self._entry(node)
             _apply_attrs(entry, attrs)
@@ -478,22 +597,48 @@ class SFTPServerProtocol(TwistedProtocol):
                 obj.mtime = int(attrs["mtime"])  # type: ignore[arg-type]
         self._ok(request_id)
 
-    def _opendir(self, request_id: bytes, reader: Reader) -> None:
+    def _opendir(self, request_id: bytes, reader: Reader) -> Deferred[Any] | None:
         raw = reader.string()
         reader.end()
         node = self.context.tree.resolve(raw)
+        if isinstance(node, ResultEntry):
+            raise SFTPError(FX_FAILURE, f"{node.path} is a file, not a folder.")
         if isinstance(node, Entry):
             self._entry(node)
             raise SFTPError(FX_FAILURE, f"{node.path} is a file, not a folder.")
+        if isinstance(node, ResultsFolder):
+            return self.context.results(node.rule).addCallback(
+                self._open_results_listing, request_id
+            )
         entries = [(".", self._folder_attrs(isinstance(node, Root)))]
         entries.append(("..", self._folder_attrs(root=True)))
         if isinstance(node, Root):
             for folder in sorted(self.context.tree.folders()):
                 entries.append((folder, self._folder_attrs()))
         else:
+            results = {**self._folder_attrs(), "permissions": _RESULTS_MODE}
+            entries.append((RESULTS, results))
             registry = self.context.intake.registry
             for entry in registry.listing(self.context.user, node.folder):
                 entries.append((entry.name, entry.attrs()))
+        self._send_listing_handle(request_id, entries)
+        return None
+
+    def _open_results_listing(
+        self, results: dict[str, ResultFile], request_id: bytes
+    ) -> None:
+        entries = [
+            (".", {**self._folder_attrs(), "permissions": _RESULTS_MODE}),
+            ("..", self._folder_attrs()),
+        ]
+        for name in sorted(results):
+            result = results[name]
+            entries.append((name, _result_attrs(len(result.text()), result.mtime)))
+        self._send_listing_handle(request_id, entries)
+
+    def _send_listing_handle(
+        self, request_id: bytes, entries: list[tuple[str, dict[str, int]]]
+    ) -> None:
         handle = self._new_handle(_Listing(entries))
         self._send(FXP_HANDLE, request_id + string(handle))
 
@@ -517,6 +662,8 @@ class SFTPServerProtocol(TwistedProtocol):
         raw = reader.string()
         reader.end()
         node = self.context.tree.resolve(raw)
+        if isinstance(node, (ResultsFolder, ResultEntry)):
+            raise SFTPError(FX_PERMISSION_DENIED, _READ_ONLY)
         if not isinstance(node, Entry):
             raise SFTPError(FX_PERMISSION_DENIED, f"{node.path} is a folder and stays.")
         d = self.context.intake.remove(self.context.user, node)
@@ -566,6 +713,9 @@ class SFTPServerProtocol(TwistedProtocol):
     def _do_rename(self, request_id: bytes, old: bytes, new: bytes) -> Deferred[Any]:
         tree = self.context.tree
         source, target = tree.resolve(old), tree.resolve(new)
+        for node in (source, target):
+            if isinstance(node, (ResultsFolder, ResultEntry)):
+                raise SFTPError(FX_PERMISSION_DENIED, _READ_ONLY)
         if not isinstance(source, Entry) or not isinstance(target, Entry):
             raise SFTPError(
                 FX_PERMISSION_DENIED, "Rule folders cannot be renamed or replaced."
@@ -648,7 +798,9 @@ class SFTPServerProtocol(TwistedProtocol):
                 st.f_flag & 0x3,
                 st.f_namemax,
             )
-            self._send(FXP_EXTENDED_REPLY, request_id + b"".join(u64(f) for f in fields))
+            self._send(
+                FXP_EXTENDED_REPLY, request_id + b"".join(u64(f) for f in fields)
+            )
 
         d.addCallback(reply)
         return d

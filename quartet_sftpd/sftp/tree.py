@@ -18,13 +18,20 @@ other is shown under its literal name, spaces and all.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
 
 from twisted.conch.ssh.filetransfer import FX_FAILURE, SFTPError
 
+from quartet_sftpd.sftp.results import RESULTS
+
 #: Longest file name accepted, in bytes, before any archive suffix.
 MAX_NAME_BYTES = 255
+#: Extra bytes a temporary name may have: WinSCP uploads a 255-byte name as
+#: C{NAME.filepart} (264 bytes) and renames it when done.  No name reaches
+#: the disk as is (the archive shortens it), so only the final name needs to
+#: fit in 255 bytes, as it would on the partner's own filesystem.
+TEMP_SUFFIX_BYTES = 32
 
 
 def folder_names(rule_names: Iterable[str]) -> dict[str, str]:
@@ -93,7 +100,36 @@ class Entry:
         return f"/{self.folder}/{self.name}"
 
 
-Node = Root | RuleFolder | Entry
+@dataclass(frozen=True)
+class ResultsFolder:
+    """
+    The read-only C{@results} folder inside a rule folder.
+    """
+
+    folder: str
+    rule: str
+
+    @property
+    def path(self) -> str:
+        return f"/{self.folder}/{RESULTS}"
+
+
+@dataclass(frozen=True)
+class ResultEntry:
+    """
+    A name inside a C{@results} folder.
+    """
+
+    folder: str
+    rule: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"/{self.folder}/{RESULTS}/{self.name}"
+
+
+Node = Root | RuleFolder | Entry | ResultsFolder | ResultEntry
 
 
 def decode_path(raw: bytes) -> str:
@@ -131,24 +167,31 @@ def components(path: str) -> list[str]:
     return parts
 
 
-def check_name(name: str) -> None:
+def check_name(name: str, temporary: bool = False) -> None:
     """
     Check a name a client wants to create.
 
+    @param temporary: the name is a client's temporary name (such as
+        C{*.filepart}), which may exceed L{MAX_NAME_BYTES} by
+        L{TEMP_SUFFIX_BYTES}.
     @raise SFTPError: with a sentence saying what is wrong.
     """
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+    limit = MAX_NAME_BYTES + (TEMP_SUFFIX_BYTES if temporary else 0)
+    if len(name.encode("utf-8")) > limit:
         raise SFTPError(
             FX_FAILURE,
-            f"The file name is longer than {MAX_NAME_BYTES} bytes; use a shorter name.",
+            f"The file name is longer than {limit} bytes; use a shorter name.",
         )
     if "\\" in name:
         raise SFTPError(
             FX_FAILURE, "File names may not contain a backslash; use a plain name."
         )
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise SFTPError(FX_FAILURE, "File names may not contain control characters.")
+    if name == RESULTS:
         raise SFTPError(
-            FX_FAILURE, "File names may not contain control characters."
+            FX_FAILURE,
+            f"{RESULTS} is the folder of your upload results; choose another name.",
         )
 
 
@@ -176,7 +219,10 @@ class VirtualTree:
         The folders this user sees right now: folder name -> rule name.
         """
         allowed = self._allowed()
-        key = (tuple(self._rule_names()), None if allowed is None else frozenset(allowed))
+        key = (
+            tuple(self._rule_names()),
+            None if allowed is None else frozenset(allowed),
+        )
         if key != self._cache_key:
             names = key[0] if allowed is None else [r for r in key[0] if r in allowed]
             self._folders = folder_names(names)
@@ -214,6 +260,10 @@ class VirtualTree:
             )
         if len(parts) == 1:
             return RuleFolder(parts[0], rule)
+        if parts[1] == RESULTS and len(parts) <= 3:
+            if len(parts) == 2:
+                return ResultsFolder(parts[0], rule)
+            return ResultEntry(parts[0], rule, parts[2])
         if len(parts) > 2:
             raise OSError(
                 errno.ENOENT,

@@ -69,7 +69,7 @@ class Ranges:
         C{[0, size)} is complete.
         """
         position = 0
-        for start, end in zip(self._starts, self._ends):
+        for start, end in zip(self._starts, self._ends, strict=True):
             if start > position:
                 return position, min(start, size)
             position = max(position, end)
@@ -78,7 +78,7 @@ class Ranges:
         return (position, size) if position < size else None
 
     def __repr__(self) -> str:
-        return f"Ranges({list(zip(self._starts, self._ends))})"
+        return f"Ranges({list(zip(self._starts, self._ends, strict=True))})"
 
 
 class Upload:
@@ -123,6 +123,9 @@ class Upload:
         self.error: SFTPError | None = None
         #: Whether the error was logged, so a failing disk is logged once.
         self.error_logged = False
+        #: Whether the error was a full disk (or quota), whose partial
+        #: bytes are not worth the space they hold.
+        self.disk_full = False
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """
@@ -146,14 +149,20 @@ class Upload:
             raise self.error
 
         assert self.fd is not None
+        view = memoryview(data)
+        written = 0
         try:
-            written = os.pwrite(self.fd, data, offset)
+            # A filesystem that is nearly full writes what fits and says so
+            # with a short count; the next call then gives the real reason.
+            while written < len(view):
+                count = os.pwrite(self.fd, view[written:], offset + written)
+                if count == 0:
+                    raise OSError(errno.EIO, "the disk accepted no bytes")
+                written += count
         except OSError as error:
+            self.disk_full = error.errno in (errno.ENOSPC, errno.EDQUOT)
             self.error = disk_error(error, self.name)
             raise self.error from None
-        if written != len(data):
-            self.error = SFTPError(FX_FAILURE, f"Short write to {self.name}.")
-            raise self.error
 
         self.ranges.add(offset, end)
         self.received += written
@@ -170,6 +179,7 @@ class Upload:
         try:
             os.ftruncate(self.fd, size)
         except OSError as error:
+            self.disk_full = error.errno in (errno.ENOSPC, errno.EDQUOT)
             self.error = disk_error(error, self.name)
             raise self.error from None
         if size < self.size:
@@ -193,6 +203,14 @@ class Upload:
                 f"{self.name} is incomplete: bytes {start} to {end - 1} never "
                 "arrived, so it was not processed; upload it again.",
             )
+
+    def contiguous_size(self) -> int:
+        """
+        How many bytes from the start arrived without a hole: what a client
+        continuing this upload (OpenSSH's C{reput}) may build on.
+        """
+        gap = self.ranges.first_gap(self.size)
+        return self.size if gap is None else gap[0]
 
     def attrs(self, permissions: int = 0o100640) -> dict[str, int]:
         """
@@ -228,7 +246,9 @@ def disk_error(error: OSError, name: str) -> SFTPError:
     """
     An SFTP error a client can read, for a disk error while storing C{name}.
     """
-    what = _DISK_ERRORS.get(error.errno or 0, f"the server could not store it ({error.strerror})")
+    what = _DISK_ERRORS.get(
+        error.errno or 0, f"the server could not store it ({error.strerror})"
+    )
     return SFTPError(
         FX_FAILURE,
         f"{name} was not accepted: {what}. Nothing was processed; try again later.",

@@ -23,7 +23,7 @@ _U64 = struct.Struct("!Q")
 
 class BadMessage(Exception):
     """
-    A request that does not parse: too short, or with bytes left over.
+    A request that does not parse: it ends before its last field.
     """
 
 
@@ -35,6 +35,8 @@ class Reader:
     def __init__(self, data: bytes, offset: int = 0) -> None:
         self._data = data
         self._offset = offset
+        #: Bytes left after the last field, once L{end} was called.
+        self.trailing = 0
 
     def _take(self, n: int) -> bytes:
         end = self._offset + n
@@ -78,11 +80,12 @@ class Reader:
 
     def end(self) -> None:
         """
-        @raise BadMessage: bytes are left over.
+        The request's fields are all read.  Bytes left over are ignored, as
+        OpenSSH's sftp-server ignores them: rclone 1.60 (Go's pkg/sftp) pads
+        some WRITE requests beyond their data, and clients are tested
+        against that server.  L{trailing} counts them.
         """
-        left = len(self._data) - self._offset
-        if left:
-            raise BadMessage(f"{left} unexpected bytes at the end of the request")
+        self.trailing = len(self._data) - self._offset
 
 
 def u32(value: int) -> bytes:
@@ -115,7 +118,9 @@ def pack_attrs(attrs: dict[str, int]) -> bytes:
         out.append(_U32.pack(attrs["permissions"]))
     if "atime" in attrs and "mtime" in attrs:
         flags |= FILEXFER_ATTR_ACMODTIME
-        out.append(_U32.pack(_clamp(attrs["atime"])) + _U32.pack(_clamp(attrs["mtime"])))
+        out.append(
+            _U32.pack(_clamp(attrs["atime"])) + _U32.pack(_clamp(attrs["mtime"]))
+        )
     return _U32.pack(flags) + b"".join(out)
 
 
@@ -123,7 +128,9 @@ def _clamp(t: int) -> int:
     return max(0, min(int(t), 0xFFFFFFFF))
 
 
-def longname(name: str, attrs: dict[str, int], owner: str, now: float | None = None) -> str:
+def longname(
+    name: str, attrs: dict[str, int], owner: str, now: float | None = None
+) -> str:
     """
     An C{ls -l} line for a listing, as OpenSSH's server writes it; some
     clients (FileZilla among them) read the file type from its first letter.

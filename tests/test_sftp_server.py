@@ -446,3 +446,18 @@ def test_results_folder_lists_and_serves_only_own_results(harness: Harness) -> N
 def test_uploads_named_like_the_results_folder_are_refused(harness: Harness) -> None:
     code, message = harness.connect().open_status("/EPCIS/@results")
     assert code == fx.FX_FAILURE
+
+
+def test_too_many_open_files_is_refused_before_staging(harness: Harness) -> None:
+    """
+    Past max_handles an OPEN is refused with a sentence, and leaves no staging
+    file or quarantined upload behind.
+    """
+    client = harness.connect()
+    for number in range(client.session.max_handles):
+        client.open(f"/EPCIS/f{number}.xml")
+    code, message = client.open_status("/EPCIS/one-too-many.xml")
+    assert code == fx.FX_FAILURE
+    assert "Too many open files" in message
+    assert len(list(harness.archive.staging.iterdir())) == client.session.max_handles
+    assert harness.quarantined() == []

@@ -367,13 +367,16 @@ class SFTPServerProtocol(TwistedProtocol):
 
     # Handles
 
-    def _new_handle(self, obj: _Handle) -> bytes:
+    def _check_handle_limit(self) -> None:
         if len(self._handles) >= self.context.max_handles:
             raise SFTPError(
                 FX_FAILURE,
                 f"Too many open files: this server allows {self.context.max_handles} "
                 "per session; close some first.",
             )
+
+    def _new_handle(self, obj: _Handle) -> bytes:
+        self._check_handle_limit()
         self._next_handle += 1
         handle = b"%d" % self._next_handle
         self._handles[handle] = obj
@@ -469,14 +472,13 @@ class SFTPServerProtocol(TwistedProtocol):
                 "This server only receives files; nothing can be downloaded from "
                 f"{node.path}.",
             )
+        # Refuse before a staging file exists, so that a refused OPEN leaves
+        # nothing behind to quarantine.
+        self._check_handle_limit()
         upload = self.context.intake.open(
             self.context.user, node, flags, max_size=self.context.max_upload_size
         )
-        try:
-            handle = self._new_handle(upload)
-        except SFTPError as error:
-            self.context.intake.abort(upload, error.message)
-            raise
+        handle = self._new_handle(upload)
         self._send(FXP_HANDLE, request_id + string(handle))
 
     def _open_result(

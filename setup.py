@@ -32,6 +32,14 @@ setup(
         "tomli-w>=1.0",
     ],
     extras_require={
+        # capture = "quartet": quartet_capture in-process, with Celery.
+        "quartet": [
+            "quartet_capture>=4.1",
+            "celery>=5.3",
+            "django-model-utils>=4.3",
+        ],
+        # capture = "http": QU4RTET's capture API over HTTP.
+        "http": ["treq>=23.11"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -39,6 +47,14 @@ setup(
             "paramiko>=3.4",
             "asyncssh>=2.14",
             "ssh-audit>=3.1",
+            "quartet_capture>=4.1",
+            "quartet_epcis>=4.1",
+            "celery[redis]>=5.3",
+            "django-model-utils>=4.3",
+            "djangorestframework>=3.14",
+            "djangorestframework-xml>=2.0",
+            "drf-yasg>=1.21",
+            "treq>=23.11",
         ],
     },
     entry_points={

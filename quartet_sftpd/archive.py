@@ -84,6 +84,7 @@ class Archive:
         gid: int,
         file_mode: int = 0o640,
         quarantine: Path | None = None,
+        staging: Path | None = None,
         threadpool: ThreadPool,
         reactor: Any,
     ) -> None:
@@ -93,11 +94,15 @@ class Archive:
         @param file_mode: mode of archived files.
         @param quarantine: folder for aborted uploads (default
             C{<root>/.partial}).
+        @param staging: folder for uploads in progress, on the archive's
+            filesystem (default C{<root>/.staging}); each server sharing an
+            archive needs its own, since a starting server quarantines what
+            it finds there.
         @param threadpool: where blocking disk work runs.
         @param reactor: the reactor that the thread pool reports back to.
         """
         self.root = root
-        self.staging = root / ".staging"
+        self.staging = staging or root / ".staging"
         self.quarantine = quarantine or root / ".partial"
         self._gid = gid
         self._file_mode = file_mode
@@ -116,7 +121,7 @@ class Archive:
         @return: the quarantined leftovers.
         """
         for folder, mode in ((self.root, 0o775), (self.staging, 0o700)):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(folder, mode)
         self.quarantine.mkdir(parents=True, exist_ok=True)
         os.chmod(self.quarantine, 0o750)

@@ -14,7 +14,7 @@ import grp
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,21 @@ class Settings:
     #: Lowest level of log events written: debug, info, warn or error.
     log_level: str = "info"
 
+    #: This server's name when several share one archive: each then stages
+    #: uploads in progress in C{<archive>/.staging/<node>}.
+    node: str = ""
+
     capture: str = "builtin"
+    #: QU4RTET's Django settings module (capture = "quartet"); default
+    #: $DJANGO_SETTINGS_MODULE.
+    django_settings: str | None = None
+    #: QU4RTET's base URL (capture = "http") and its credentials; the
+    #: password and token may come from $QUARTET_SFTPD_CAPTURE_PASSWORD and
+    #: $QUARTET_SFTPD_CAPTURE_TOKEN instead, and are never shown.
+    capture_url: str = ""
+    capture_user: str = ""
+    capture_password: str = field(default="", repr=False)
+    capture_token: str = field(default="", repr=False)
 
     @property
     def quarantine_dir(self) -> Path:
@@ -127,9 +141,11 @@ class Settings:
     def staging_dir(self) -> Path:
         """
         The folder of uploads in progress; on the archive's filesystem so
-        that a completed upload moves into the archive atomically.
+        that a completed upload moves into the archive atomically, and one
+        per C{node} when several servers share an archive.
         """
-        return self.archive / ".staging"
+        staging = self.archive / ".staging"
+        return staging / self.node if self.node else staging
 
     @property
     def users_dir(self) -> Path:
@@ -272,6 +288,13 @@ def load_settings(
         raise ConfigError(
             f"capture = {settings.capture!r} is not a capture backend: use "
             "'builtin', 'quartet' or 'http'."
+        )
+    if settings.node and (
+        settings.node.startswith(".") or "/" in settings.node or "\0" in settings.node
+    ):
+        raise ConfigError(
+            f"node = {settings.node!r} cannot name a folder: use letters, digits, "
+            "dashes and dots, not starting with a dot."
         )
     if settings.log_level not in ("debug", "info", "warn", "error", "critical"):
         raise ConfigError(

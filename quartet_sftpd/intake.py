@@ -35,7 +35,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from quartet_sftpd.archive import Archive, Committed
-from quartet_sftpd.capture import ArchivedUpload, ICaptureBackend, UploadRejected
+from quartet_sftpd.capture import (
+    ArchivedUpload,
+    CaptureUnavailableError,
+    ICaptureBackend,
+    UploadRejected,
+)
 from quartet_sftpd.sftp.registry import (
     DONE,
     PARTIAL,
@@ -372,6 +377,19 @@ class Intake:
                 if self.metrics is not None:
                     self.metrics.upload_refused(rule)
                 return Failure(SFTPError(FX_FAILURE, rejection.message))
+            if failure.check(CaptureUnavailableError):
+                # Archived and recorded; the backend hands it over later.
+                self._log.warn(
+                    "upload archived as {path} but not yet handed to QU4RTET: "
+                    "{user}'s {name} for {rule}: {reason}",
+                    path=str(upload.archive_path),
+                    user=user,
+                    name=name,
+                    rule=rule,
+                    reason=str(failure.value),
+                )
+                self._forget(user, folder, name)
+                return Failure(SFTPError(FX_FAILURE, str(failure.value)))
             self._log.failure(
                 "upload archived as {path} but its task could not be recorded: "
                 "{user}'s {name} for {rule}",

@@ -190,6 +190,7 @@ class QuartetSFTPService(MultiService):
             gid=settings.group_id(),
             file_mode=settings.file_mode,
             quarantine=settings.quarantine_dir,
+            staging=settings.staging_dir,
             threadpool=self.threadpool,
             reactor=reactor,
         )
@@ -369,18 +370,23 @@ def build_service(settings: Settings, reactor: Any = None) -> QuartetSFTPService
     for line in fingerprints(host_keys):
         log.info("host key {fingerprint}", fingerprint=line)
 
-    if settings.capture != "builtin":
-        raise ConfigError(
-            f"capture = {settings.capture!r} is not available in this version; "
-            "use the built-in engine (capture = 'builtin')."
-        )
     if settings.capture == "builtin":
         try:
             load_rules(settings.rules)
         except RulesError as error:
             raise ConfigError(str(error)) from None
     users = UserStore(settings.users_dir)
-    backend = BuiltinBackend(settings, reactor=reactor)
+    backend: ICaptureBackend
+    if settings.capture == "quartet":
+        from quartet_sftpd.capture.quartet import QuartetBackend
+
+        backend = QuartetBackend(settings, reactor=reactor)
+    elif settings.capture == "http":
+        from quartet_sftpd.capture.http import HTTPBackend
+
+        backend = HTTPBackend(settings, reactor=reactor)
+    else:
+        backend = BuiltinBackend(settings, reactor=reactor)
     return QuartetSFTPService(
         settings,
         host_keys=host_keys,

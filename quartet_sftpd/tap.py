@@ -22,6 +22,7 @@ OVERRIDES = [
     ("rules", "rules file of the built-in engine [default: the shipped one]"),
     ("db", "task store, an SQLite file [default: quartet-sftpd.sqlite3]"),
     ("capture", "capture backend: builtin, quartet or http [default: builtin]"),
+    ("django-settings", "QU4RTET's Django settings module (capture = quartet)"),
     ("log-level", "lowest log level written: debug, info, warn [default: info]"),
 ]
 

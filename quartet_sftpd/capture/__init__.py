@@ -68,6 +68,14 @@ class UploadRejected(Exception):
         self.task = task
 
 
+class CaptureUnavailableError(Exception):
+    """
+    QU4RTET could not take an upload now.  The upload is archived and its
+    task recorded; the backend hands it over again later by itself.  The
+    message is meant for the client.
+    """
+
+
 class ICaptureBackend(Protocol):
     """
     A place where archived uploads become capture tasks.

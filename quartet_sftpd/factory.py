@@ -29,6 +29,7 @@ from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
 from quartet_sftpd.auth import UserAuthServer
+from quartet_sftpd.ciphers import AEAD_CIPHERS, AEADTransportMixin
 
 #: Key exchange, strongest first.  Group exchange needs a moduli file.
 KEY_EXCHANGES = [
@@ -37,7 +38,7 @@ KEY_EXCHANGES = [
     b"curve25519-sha256@libssh.org",
     b"diffie-hellman-group-exchange-sha256",
 ]
-CIPHERS = [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
+CIPHERS = [*AEAD_CIPHERS, b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
 MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
 HOST_KEY_ALGORITHMS = [
     b"ssh-ed25519",
@@ -47,7 +48,7 @@ HOST_KEY_ALGORITHMS = [
 MODULI = "/etc/ssh/moduli"
 
 
-class SFTPServerTransport(transport.SSHServerTransport):
+class SFTPServerTransport(AEADTransportMixin, transport.SSHServerTransport):
     """
     The server side of the SSH transport, with this server's algorithms.
     """
@@ -58,7 +59,9 @@ class SFTPServerTransport(transport.SSHServerTransport):
         if k in transport.SSHTransportBase.supportedKeyExchanges
     ]
     supportedCiphers = [
-        c for c in CIPHERS if c in transport.SSHTransportBase.supportedCiphers
+        c
+        for c in CIPHERS
+        if c in AEAD_CIPHERS or c in transport.SSHTransportBase.supportedCiphers
     ]
     supportedMACs = MACS
     ourVersionString = b"SSH-2.0-quartet_sftpd"

@@ -189,7 +189,9 @@ class Server:
         tasks: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             tasks = self.tasks()
-            ended = [t for t in tasks if t["status"] in ("FINISHED", "FAILED")]
+            ended = [
+                t for t in tasks if t["status"] in ("FINISHED", "FAILED", "DUPLICATE")
+            ]
             if len(tasks) >= count and (not done or len(ended) == len(tasks)):
                 return tasks
             time.sleep(0.1)

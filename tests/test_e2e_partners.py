@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,13 @@ duplicates = "reject"
 name = "Well-formed"
 class = "quartet_sftpd.steps.WellFormedXML"
 check = true
+
+[[rule.step]]
+name = "Summary"
+class = "quartet_sftpd.steps.EPCISSummary"
+
+[[rule]]
+name = "Plain"
 
 [[rule.step]]
 name = "Summary"
@@ -149,7 +155,9 @@ def test_check_failure_is_told_in_the_close_and_shown_in_results(
     assert "not well-formed XML at line 5" in text
 
 
-def test_duplicates_rejected_and_skipped(site: Server, client_key: Path) -> None:
+def test_duplicates_rejected_skipped_and_accepted(
+    site: Server, client_key: Path
+) -> None:
     transport, sftp = connect_paramiko(site, client_key)
     try:
         sftp.put(str(EPCIS), "/EPCIS/first.xml")
@@ -162,16 +170,21 @@ def test_duplicates_rejected_and_skipped(site: Server, client_key: Path) -> None
         (site.home / "outbox").mkdir()
         sftp.put(str(EPCIS), "/Outbox/one.xml")
         sftp.put(str(EPCIS), "/Outbox/two.xml")
+        sftp.put(str(EPCIS), "/Plain/p1.xml")
+        sftp.put(str(EPCIS), "/Plain/p2.xml")
     finally:
         transport.close()
-    tasks = {t["file"]: t for t in site.wait_for_tasks(4, done=False)}
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and tasks["one.xml"]["status"] == "QUEUED":
-        tasks = {t["file"]: t for t in site.tasks()}
-        time.sleep(0.1)
+    tasks = {t["file"]: t for t in site.wait_for_tasks(6)}
     assert tasks["again.xml"]["status"] == "DUPLICATE"
     assert tasks["two.xml"]["status"] == "DUPLICATE"
     assert tasks["one.xml"]["status"] == "FINISHED"
+    # The default policy, accept: both run, and the second says it repeats.
+    plain = {name: site.task(tasks[name]["name"]) for name in ("p1.xml", "p2.xml")}
+    assert plain["p1.xml"]["status"] == plain["p2.xml"]["status"] == "FINISHED"
+    assert any(
+        "The same bytes were uploaded to Plain before, as p1.xml" in m["text"]
+        for m in plain["p2.xml"]["messages"]
+    )
     assert sorted(p.name for p in (site.home / "outbox").iterdir()) == ["one.xml"]
     assert len(site.archived("EPCIS")) == 2 and len(site.archived("Outbox")) == 2
 

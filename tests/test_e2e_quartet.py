@@ -235,6 +235,11 @@ def test_epcis_upload_is_parsed_by_quartet(
     assert site.event_types() == ["ag", "ob", "tf", "tx"]
     assert f"queued as QU4RTET task {name}" in quartet_server.log()
 
+    # The partner's @results view names the QU4RTET task.
+    listing = quartet_server.sftp("partner", client_key, "ls -1 EPCIS/@results\n")
+    assert listing.returncode == 0, listing.stderr
+    assert "FINISHED epcis.xml.txt" in listing.stdout
+
 
 def test_live_rules_and_database_outage(
     quartet_server: QuartetServer, site: QuartetSite, client_key: Path

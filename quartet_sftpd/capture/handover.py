@@ -297,6 +297,20 @@ class HandOverBackend:
         d.addCallback(recorded)
         return d
 
+    def results(self, user: str, rule: str, since: float) -> Deferred[list[Task]]:
+        """
+        One user's tasks in one rule received since C{since}, for the
+        partner's C{@results} view.  Here a task says whether and as which
+        QU4RTET task the upload was handed over; QU4RTET's own messages stay
+        in QU4RTET.
+
+        @return: a Deferred firing with the tasks, newest first.
+        """
+        store = self._store
+        if store is None:
+            return succeed([])
+        return self._in_store(store.of_user, user, rule, since)
+
     def stop(self) -> Deferred[None]:
         """
         Stop taking work, wait for hand-overs in progress, close the store.

@@ -11,6 +11,7 @@ CLOSE was being answered is never cut in half by a shutdown.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -284,8 +285,18 @@ class QuartetSFTPService(MultiService):
         self.ready.callback(None)
 
     def _not_started(self, failure: Failure) -> None:
-        self._log.failure("quartet-sftpd could not start", failure)
+        """
+        Starting failed (the port is taken, the task store cannot be
+        opened...): log why, stop, and exit with status 1 once the shutdown
+        has run, so that supervisor or systemd see a failure.  twistd itself
+        has no way to set its exit status.
+        """
+        self._log.failure(
+            "quartet-sftpd could not start: {error}", failure, error=failure.value
+        )
+        self.ready.addErrback(lambda _: None)
         self.ready.errback(failure)
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 
     def _ensure_folders_now(self) -> None:

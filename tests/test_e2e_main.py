@@ -211,3 +211,28 @@ def test_host_keys_are_kept_across_restarts(tmp_path: Path) -> None:
     second = {p.name: p.read_bytes() for p in (home / "keys").glob("ssh_host_*")}
     assert first == second
     assert "ssh-ed25519 SHA256:" in server.log()
+
+
+def test_a_server_that_cannot_listen_exits_with_status_1(tmp_path: Path) -> None:
+    """
+    A port that is taken stops the server with a logged reason and exit
+    status 1, so that a supervisor sees the failure.
+    """
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        port = taken.getsockname()[1]
+        server = Server(home, {"listen": f"tcp:{port}:interface=127.0.0.1"})
+        with pytest.raises(AssertionError, match="did not start"):
+            server.start(timeout=20)
+        assert server.process is not None
+        assert server.process.wait(20) == 1
+        assert "quartet-sftpd could not start" in server.log()
+        assert "Address already in use" in server.log()
+    finally:
+        taken.close()

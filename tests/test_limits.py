@@ -304,7 +304,8 @@ def test_context_ends_revoked_sessions_and_hides_rules(users: UserStore) -> None
     removed, once, and a user's rules come from its settings; a user whose
     settings cannot be read sees no rule.
     """
-    context = SFTPContext(Settings(), None, None, None, None, users)  # type: ignore[arg-type]
+    unused: Any = None
+    context = SFTPContext(Settings(), unused, unused, unused, unused, users)
     context.policy = policy(users)
     kept, revoked = _Avatar("alice"), _Avatar("alice")
     context.policy.logged_in(kept, key_login("alice", ALICE))

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from quartet_sftpd.capture import ArchivedUpload, UploadRejected
+from quartet_sftpd.capture.pending import PendingWork
 from quartet_sftpd.config import Settings
 from quartet_sftpd.rules import Rule, RuleContext, RuleFailed, RulesError, load_rules
 from quartet_sftpd.tasks import Task, TaskLog, TaskStatus, TaskStore
@@ -152,12 +153,11 @@ class BuiltinBackend:
         self._signature: _Signature | None = None
         self._state = "new"
         self._refreshing = False
-        self._pending: set[Deferred[Any]] = set()
+        self._work = PendingWork()
         self._scheduled: set[str] = set()
         self._check_waiters: dict[str, Deferred[str]] = {}
         #: Where task outcomes are counted for the metrics endpoint, if anywhere.
         self.metrics: Metrics | None = None
-        self._idle_waiters: list[Deferred[None]] = []
 
     # -- the ICaptureBackend interface, called on the reactor thread --
 
@@ -373,7 +373,7 @@ class BuiltinBackend:
         if self._state in ("new", "stopped", "stopping"):
             return succeed(None)
         self._state = "stopping"
-        d = self._when_idle()
+        d = self._work.when_idle()
 
         def close(_: object) -> Deferred[None] | None:
             self._state = "stopped"
@@ -505,7 +505,7 @@ class BuiltinBackend:
                 task=name,
             ),
         )
-        self._track(d)
+        self._work.track(d)
 
     def _unschedule(self, result: _T, name: str) -> _T:
         self._scheduled.discard(name)
@@ -606,28 +606,7 @@ class BuiltinBackend:
 
     def _in_store(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
         d = deferToThreadPool(self._reactor, self._store_pool, function, *args)
-        self._track(d)
-        return d
-
-    def _track(self, d: Deferred[Any]) -> None:
-        self._pending.add(d)
-
-        def done(result: object) -> object:
-            self._pending.discard(d)
-            if not self._pending:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-            return result
-
-        d.addBoth(done)
-
-    def _when_idle(self) -> Deferred[None]:
-        if not self._pending:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        return self._work.track(d)
 
 
 __all__ = ["BuiltinBackend", "CaptureStoppedError", "IThreadPool"]

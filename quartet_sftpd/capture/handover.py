@@ -34,6 +34,7 @@ from twisted.python.threadpool import ThreadPool
 
 from quartet_sftpd.capture import ArchivedUpload, CaptureUnavailableError
 from quartet_sftpd.capture.builtin import CaptureStoppedError, IThreadPool
+from quartet_sftpd.capture.pending import PendingWork
 from quartet_sftpd.config import Settings
 from quartet_sftpd.tasks import Task, TaskStatus, TaskStore
 
@@ -143,8 +144,7 @@ class HandOverBackend:
         self._retries: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
         self._delivering: set[str] = set()
-        self._pending: set[Deferred[Any]] = set()
-        self._idle_waiters: list[Deferred[None]] = []
+        self._work = PendingWork()
 
     # -- what a subclass implements --
 
@@ -257,7 +257,7 @@ class HandOverBackend:
             return succeed(False)
         self._refreshing = True
         d = self._fetch_rules()
-        self._track(d)
+        self._work.track(d)
         d.addCallbacks(self._rules_read, self._rules_unread)
 
         def done(result: bool) -> bool:
@@ -321,7 +321,7 @@ class HandOverBackend:
         if self._state in ("new", "stopped", "stopping"):
             return succeed(None)
         self._state = "stopping"
-        d = self._when_idle()
+        d = self._work.when_idle()
 
         def close(_: object) -> Deferred[None] | None:
             self._state = "stopped"
@@ -398,7 +398,7 @@ class HandOverBackend:
         d.addCallbacks(queued, not_queued)
         d.addBoth(done)
         # Tracked as a whole, so that a stop waits for the outcome's record.
-        self._track(d)
+        self._work.track(d)
         return d
 
     def _schedule_retry(self, task: Task, failure: Failure) -> Failure:
@@ -530,28 +530,7 @@ class HandOverBackend:
 
     def _in_store(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
         d = deferToThreadPool(self._reactor, self._store_pool, function, *args)
-        self._track(d)
-        return d
-
-    def _track(self, d: Deferred[Any]) -> None:
-        self._pending.add(d)
-
-        def done(result: object) -> object:
-            self._pending.discard(d)
-            if not self._pending:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-            return result
-
-        d.addBoth(done)
-
-    def _when_idle(self) -> Deferred[None]:
-        if not self._pending:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        return self._work.track(d)
 
 
 def _describe(failure: Failure) -> str:

@@ -816,15 +816,15 @@ class SFTPServerProtocol(TwistedProtocol):
         return d
 
 
-def _apply_attrs(entry: FileEntry, attrs: dict[str, object]) -> None:
+def _apply_attrs(entry: FileEntry, attrs: dict[str, Any]) -> None:
     """
     Record times and permissions a client sets on one of its uploads; they
     change what the client sees, never the archived file.
     """
     if "mtime" in attrs:
-        entry.mtime = float(attrs["mtime"])  # type: ignore[arg-type]
+        entry.mtime = float(attrs["mtime"])
     if "permissions" in attrs:
-        entry.permissions = int(attrs["permissions"]) & 0o7777  # type: ignore[call-overload]
+        entry.permissions = int(attrs["permissions"]) & 0o7777
 
 
 __all__ = ["EXTENSIONS", "ISessionContext", "SFTPServerProtocol"]

@@ -48,6 +48,17 @@ HOST_KEY_ALGORITHMS = [
 MODULI = "/etc/ssh/moduli"
 
 
+def offered_as(key_type: bytes) -> list[bytes]:
+    """
+    The host key algorithms offered for a host key of C{key_type}: an RSA key
+    (C{ssh-rsa}) is offered only with SHA-2 signatures, and a key whose type
+    is not in L{HOST_KEY_ALGORITHMS} (ECDSA) not at all.
+    """
+    if key_type == b"ssh-rsa":
+        return [a for a in HOST_KEY_ALGORITHMS if a.startswith(b"rsa-sha2-")]
+    return [key_type] if key_type in HOST_KEY_ALGORITHMS else []
+
+
 class SFTPServerTransport(AEADTransportMixin, transport.SSHServerTransport):
     """
     The server side of the SSH transport, with this server's algorithms.

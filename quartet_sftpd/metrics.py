@@ -94,7 +94,19 @@ class Metrics:
         """
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry=self.registry))
-        return Site(root)
+        return MetricsSite(root)
+
+
+class MetricsSite(Site):
+    """
+    A site without an access log: a scraper asks every few seconds, and a
+    line for each request would bury the server's own events.
+    """
+
+    noisy = False
+
+    def log(self, request: object) -> None:
+        pass
 
 
 def sample(metrics: Metrics, name: str, **labels: Any) -> float:

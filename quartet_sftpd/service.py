@@ -22,6 +22,7 @@ from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -291,9 +292,16 @@ class QuartetSFTPService(MultiService):
         has run, so that supervisor or systemd see a failure.  twistd itself
         has no way to set its exit status.
         """
-        self._log.failure(
-            "quartet-sftpd could not start: {error}", failure, error=failure.value
-        )
+        if failure.check(CannotListenError, ConfigError, OSError):
+            # Expected at a start (a taken port, an unreadable task store): the
+            # sentence says it all.
+            self._log.critical(
+                "quartet-sftpd could not start: {error}", error=failure.value
+            )
+        else:
+            self._log.failure(
+                "quartet-sftpd could not start: {error}", failure, error=failure.value
+            )
         self.ready.addErrback(lambda _: None)
         self.ready.errback(failure)
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
@@ -362,6 +370,28 @@ class QuartetSFTPService(MultiService):
         self.threadpool.stop()
 
 
+def check_endpoints(settings: Settings, reactor: Any = None) -> None:
+    """
+    Check that C{listen} and C{metrics_listen} are Twisted endpoint strings.
+
+    @raise ConfigError: one is not; the message names it and shows the form.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    for name in ("listen", "metrics_listen"):
+        value = getattr(settings, name)
+        if name == "metrics_listen" and not value:
+            continue
+        try:
+            serverFromString(reactor, value)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(
+                f"{name} = {value!r} is not a Twisted endpoint ({error}); write "
+                "it as tcp:PORT:interface=ADDRESS, for example "
+                "tcp:2222:interface=127.0.0.1."
+            ) from None
+
+
 def build_service(settings: Settings, reactor: Any = None) -> QuartetSFTPService:
     """
     Build the server from its settings: load or create the host keys, open
@@ -372,20 +402,29 @@ def build_service(settings: Settings, reactor: Any = None) -> QuartetSFTPService
     """
     from quartet_sftpd.auth import make_checkers
     from quartet_sftpd.capture.builtin import BuiltinBackend
+    from quartet_sftpd.factory import offered_as
     from quartet_sftpd.hostkeys import fingerprints, load_or_create_host_keys
     from quartet_sftpd.rules import RulesError, load_rules
     from quartet_sftpd.users import UserStore
 
-    log = Logger(namespace="quartet_sftpd.service")
-    host_keys = load_or_create_host_keys(settings.keys)
-    for line in fingerprints(host_keys):
-        log.info("host key {fingerprint}", fingerprint=line)
-
+    # Everything that can be checked is checked before anything is made on
+    # disk, so that a typo leaves no host keys or archive in a wrong place.
+    check_endpoints(settings, reactor)
     if settings.capture == "builtin":
         try:
             load_rules(settings.rules)
         except RulesError as error:
             raise ConfigError(str(error)) from None
+
+    log = Logger(namespace="quartet_sftpd.service")
+    host_keys = load_or_create_host_keys(settings.keys)
+    for key_type, line in zip(host_keys, fingerprints(host_keys), strict=True):
+        offered = b", ".join(offered_as(key_type)).decode("ascii")
+        log.info(
+            "host key {fingerprint}, {offered}",
+            fingerprint=line,
+            offered=f"offered as {offered}" if offered else "kept but not offered",
+        )
     users = UserStore(settings.users_dir)
     backend: ICaptureBackend
     if settings.capture == "quartet":

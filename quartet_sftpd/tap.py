@@ -6,7 +6,8 @@ function that turns them into the running service.
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
@@ -44,8 +45,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Load the settings now, so that a bad config is a usage error with a
-        message rather than a traceback.
+        Load the settings now, so that a bad config stops twistd with one
+        sentence rather than a traceback.
         """
         overrides = {name.replace("-", "_"): self[name] for name, _ in OVERRIDES}
         config = self["config"] or os.environ.get("QUARTET_SFTPD_CONFIG")
@@ -53,7 +54,7 @@ class Options(usage.Options):
             self.settings: Settings = load_settings(config, overrides)
             self.settings.group_id()
         except ConfigError as error:
-            raise usage.UsageError(str(error)) from None
+            refuse_to_start(error)
         self._choose_logger()
 
     def _choose_logger(self) -> None:
@@ -71,15 +72,27 @@ class Options(usage.Options):
         parent["logger"] = "quartet_sftpd.logs.observer"
 
 
+def refuse_to_start(error: Exception) -> NoReturn:
+    """
+    Stop twistd before it starts, with the one sentence that says what to fix
+    on standard error and exit status 1.  A settings error is not a misuse of
+    twistd's options, so twistd's usage text and a traceback would only bury
+    that sentence.
+    """
+    print(f"quartet-sftpd cannot start: {error}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def makeService(options: Options) -> Any:
     """
     Build the server from parsed options.
 
-    @raise usage.UsageError: the host keys or rules cannot be loaded.
+    A listen endpoint, rules file or host key that cannot be used stops
+    twistd with a sentence and exit status 1 (see L{refuse_to_start}).
     """
     from quartet_sftpd.service import build_service
 
     try:
         return build_service(options.settings)
     except ConfigError as error:
-        raise usage.UsageError(str(error)) from None
+        refuse_to_start(error)

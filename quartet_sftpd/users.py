@@ -273,7 +273,10 @@ class UserStore:
                 data = handle.read()
         except FileNotFoundError:
             self._cache.pop(name, None)
-            raise UnknownUserError(f"there is no user {name!r}.") from None
+            raise UnknownUserError(
+                f"there is no user {name}: see the users with "
+                "`quartet-sftpd user list`."
+            ) from None
         except OSError as error:
             self._log.warn(
                 "Cannot read the keys of {user} in {path}: {reason}",
@@ -362,7 +365,10 @@ class UserStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise UnknownUserError(f"there is no user {name!r}.") from None
+            raise UnknownUserError(
+                f"there is no user {name}: see the users with "
+                "`quartet-sftpd user list`."
+            ) from None
         removed = [k for k in usable_keys(data) if k.fingerprint == key_fingerprint]
         if not removed:
             raise UserError(
@@ -427,7 +433,10 @@ class UserStore:
         """
         path = self._keys_path(name).with_suffix(".toml")
         if not self.exists(name):
-            raise UnknownUserError(f"there is no user {name!r}.")
+            raise UnknownUserError(
+                f"there is no user {name}: see the users with "
+                "`quartet-sftpd user list`."
+            )
         try:
             with path.open("rb") as handle:
                 identity = _identity(os.fstat(handle.fileno()))

@@ -135,7 +135,8 @@ def test_list_refuses_bad_options(settings, names) -> None:
 
 def test_list_json(settings, names, capsys) -> None:
     """
-    --json prints an array of task objects with the documented fields.
+    --json prints an array of task objects with the documented fields, each
+    with its messages, so that a script learns every outcome in one call.
     """
     assert run(settings, "tasks", "list", "--json") == 0
     tasks = json.loads(capsys.readouterr().out)
@@ -144,10 +145,12 @@ def test_list_json(settings, names, capsys) -> None:
         names["failed"],
         names["finished"],
     ]
-    assert all(set(t) == FIELDS for t in tasks)
+    assert all(set(t) == FIELDS | {"messages"} for t in tasks)
     assert tasks[2]["status"] == "FINISHED"
     assert tasks[2]["size"] == 1234
     assert tasks[2]["execution_time"] == pytest.approx(2.0)
+    assert tasks[2]["messages"][0]["text"] == "ObjectEvent count: 1"
+    assert tasks[1]["messages"][-1]["level"] == "ERROR"
 
 
 def test_show_prints_fields_and_messages(settings, names, capsys) -> None:

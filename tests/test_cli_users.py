@@ -408,3 +408,25 @@ def test_session_limits(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "default (20)" in capsys.readouterr().out
     assert show(home, capsys, "alice")["max_sessions"] is None
     assert run(home, "user", "sessions", "alice", "-1") == 2
+
+
+def test_config_comes_from_the_environment_like_the_server(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Without C{--config}, the command reads C{$QUARTET_SFTPD_CONFIG} as twistd
+    does, so a user is added where the server looks, whatever the current
+    folder; the output names that folder.
+    """
+    site = home / "site"
+    site.mkdir()
+    (site / "quartet-sftpd.toml").write_text('keys = "partners"\n')
+    monkeypatch.setenv("QUARTET_SFTPD_CONFIG", str(site / "quartet-sftpd.toml"))
+    monkeypatch.chdir(home)
+
+    added = main(["user", "add", "alice", "--key", str(home / "alice.pub")])
+
+    assert added == 0
+    assert (site / "partners" / "users" / "alice.keys").exists()
+    assert not (home / "keys").exists()
+    assert f"in {site / 'partners' / 'users'}" in capsys.readouterr().out

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import io
 import os
+import re
 import stat
 import subprocess
 import time
@@ -130,6 +132,9 @@ def test_paramiko_put_with_confirm(server: Server, client_key: Path) -> None:
         assert "There is no folder /etc" in str(refused.value)
         assert "Upload files into one of the rule folders: /EPCIS" in str(refused.value)
         with pytest.raises(IOError) as refused:
+            sftp.putfo(io.BytesIO(b"<x/>"), "/in-root.xml", confirm=False)
+        assert "Files cannot be uploaded into / itself" in str(refused.value)
+        with pytest.raises(IOError) as refused:
             sftp.mkdir("/new")
         assert "Folders cannot be created here" in str(refused.value)
     finally:
@@ -192,6 +197,11 @@ def test_users_and_rules_change_without_restart(
 
 
 def test_host_keys_are_kept_across_restarts(tmp_path: Path) -> None:
+    """
+    The first start makes the three host keys (0600); a restart reuses them
+    byte for byte, and the log gives each fingerprint with the algorithms it
+    is offered under.
+    """
     home = tmp_path / "home"
     home.mkdir()
     server = Server(home)
@@ -210,7 +220,12 @@ def test_host_keys_are_kept_across_restarts(tmp_path: Path) -> None:
     server.stop()
     second = {p.name: p.read_bytes() for p in (home / "keys").glob("ssh_host_*")}
     assert first == second
-    assert "ssh-ed25519 SHA256:" in server.log()
+    log = server.log()
+    assert re.search(r"host key ssh-ed25519 SHA256:\S+, offered as ssh-ed25519", log)
+    assert re.search(
+        r"host key ssh-rsa SHA256:\S+, offered as rsa-sha2-512, rsa-sha2-256", log
+    )
+    assert re.search(r"host key ecdsa-sha2-nistp256 SHA256:\S+, kept but not", log)
 
 
 def test_a_server_that_cannot_listen_exits_with_status_1(tmp_path: Path) -> None:
@@ -234,5 +249,40 @@ def test_a_server_that_cannot_listen_exits_with_status_1(tmp_path: Path) -> None
         assert server.process.wait(20) == 1
         assert "quartet-sftpd could not start" in server.log()
         assert "Address already in use" in server.log()
+        assert "Traceback" not in server.log()
     finally:
         taken.close()
+
+
+@pytest.mark.parametrize(
+    "setting, sentence",
+    [
+        ({"listen": 2224}, "listen = '2224' is not a Twisted endpoint"),
+        ({"listen": "localhost:2224"}, "write it as tcp:PORT:interface=ADDRESS"),
+        ({"rules": "missing.toml"}, "missing.toml cannot be read"),
+        ({"lsiten": "tcp:2224"}, "has unknown settings: lsiten."),
+        ({"file_mode": "rwx"}, "setting 'file_mode' has the value 'rwx'"),
+    ],
+)
+def test_a_bad_config_stops_the_server_with_one_sentence(
+    tmp_path: Path, setting: dict, sentence: str
+) -> None:
+    """
+    A config the server cannot use stops twistd at once with exit status 1
+    and one sentence naming the setting, without twistd's usage text or a
+    traceback, and before any host key, archive or task store is made.
+    """
+    server = Server(tmp_path, setting)
+
+    with pytest.raises(AssertionError, match="did not start"):
+        server.start(timeout=20)
+
+    assert server.process is not None and server.process.wait(20) == 1
+    output = server.log()
+    assert output.startswith("quartet-sftpd cannot start: ")
+    assert sentence in output
+    assert "Traceback" not in output and "Usage:" not in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "quartet-sftpd.toml",
+        "server.log",
+    ]

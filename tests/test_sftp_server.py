@@ -272,10 +272,15 @@ def test_realpath_missing_parent_is_no_such_file(harness: Harness) -> None:
 def test_uploads_outside_rule_folders_are_refused(harness: Harness, path: str) -> None:
     """
     Nothing outside the rule folders is reachable; the refusal names where
-    files go.
+    files go (a file in the root itself is a permission refusal, not a
+    missing folder).
     """
     code, message = harness.connect().open_status(path)
-    assert code in (fx.FX_NO_SUCH_FILE, fx.FX_FAILURE)
+    if path == "/x.xml":
+        assert code == fx.FX_PERMISSION_DENIED
+        assert "Files cannot be uploaded into / itself." in message
+    else:
+        assert code in (fx.FX_NO_SUCH_FILE, fx.FX_FAILURE)
     assert "EPCIS" in message
     assert harness.backend.submitted == []
 

@@ -11,6 +11,7 @@ one sentence, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage the users and tasks of a quartet-sftpd server.",
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="the server's TOML config file"
+        "--config",
+        metavar="FILE",
+        help="the server's TOML config file (default: $QUARTET_SFTPD_CONFIG)",
     )
     for name, text in _OVERRIDES.items():
         parser.add_argument(
@@ -85,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = {name: getattr(args, f"setting_{name}") for name in _OVERRIDES}
     try:
-        settings = load_settings(args.config, overrides)
+        config = args.config or os.environ.get("QUARTET_SFTPD_CONFIG") or None
+        settings = load_settings(config, overrides)
         return int(handler(settings, args))
     except (ConfigError, users.UsageError) as error:
         _fail(error)

@@ -26,8 +26,8 @@ task object.  These field names are stable:
     (the client's CLOSE, the task's record, its rule's last start, its end);
     C{started} and C{ended} are null until they happen.
   - C{execution_time}: seconds from start to end, or null.
-  - C{messages} (C{show} only): a list of objects with C{level} (C{DEBUG},
-    C{INFO}, C{WARNING} or C{ERROR}), C{text} and C{time}.
+  - C{messages}: a list of objects with C{level} (C{DEBUG}, C{INFO},
+    C{WARNING} or C{ERROR}), C{text} and C{time}, oldest first.
 
 Exit status: 0 on success; 1 if the task is unknown or the task database
 cannot be read.
@@ -135,10 +135,13 @@ def list_tasks(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     try:
         tasks = store.list(rule=args.rule, status=args.status, limit=args.limit)
+        if args.json:
+            # Scripts want each task's outcome in one call, messages included.
+            tasks = [store.get(task.name) or task for task in tasks]
     finally:
         store.close()
     if args.json:
-        json.dump([task.to_json() for task in tasks], stdout, indent=2)
+        json.dump([task.to_json(messages=True) for task in tasks], stdout, indent=2)
         stdout.write("\n")
     elif not tasks:
         stdout.write("No tasks.\n")

@@ -282,7 +282,7 @@ def add_user(settings: Settings, args: argparse.Namespace) -> int:
     store.update_settings(args.name, new_user=True, **changes)
     store.add(args.name, keys, keyless=True)
     way = f"{len(keys)} key(s)" + (" and a password" if password else "")
-    print(f"Added user {args.name} with {way}:")
+    print(f"Added user {args.name} in {settings.users_dir} with {way}:")
     for key in keys:
         print(f"  {_describe(key)}")
     print(f"Rules: {', '.join(rules) if rules is not None else 'all'}")

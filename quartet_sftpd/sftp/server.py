@@ -458,7 +458,15 @@ class SFTPServerProtocol(TwistedProtocol):
         reader.attrs()  # size and owner attributes sent with OPEN are ignored
         reader.end()
 
-        node = self.context.tree.resolve(raw)
+        tree = self.context.tree
+        parts = components(decode_path(raw))
+        if len(parts) == 1 and parts[0] not in tree.folders():
+            # "put x /x": a file in the root, not a missing folder.
+            raise SFTPError(
+                FX_PERMISSION_DENIED,
+                f"Files cannot be uploaded into / itself. {tree.where_files_go()}",
+            )
+        node = tree.resolve(raw)
         if isinstance(node, ResultEntry):
             return self._open_result(request_id, node, flags)
         if not isinstance(node, Entry):

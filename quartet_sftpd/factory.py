@@ -20,10 +20,12 @@ C{group16-sha512}; group exchange covers the clients that would use them.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any
 
 from twisted.conch.openssh_compat.primes import parseModuliFile
 from twisted.conch.ssh import connection, keys, transport
+from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.cred.portal import Portal
 from twisted.logger import Logger
@@ -59,6 +61,40 @@ def offered_as(key_type: bytes) -> list[bytes]:
     return [key_type] if key_type in HOST_KEY_ALGORITHMS else []
 
 
+def unmatched_part(
+    packet: bytes, server: transport.SSHServerTransport
+) -> tuple[str, list[bytes], list[bytes]] | None:
+    """
+    The first part of a client's KEXINIT that shares no algorithm with
+    C{server}: its name, the client's list and the server's; L{None} when
+    every part has a match (or the packet is too short to tell, which
+    Conch's own parsing then reports).
+    """
+    try:
+        lists = getNS(packet[16:], 8)[:8]
+    except (struct.error, IndexError):
+        return None
+    kex, host_keys, cipher_cs, cipher_sc, mac_cs, mac_sc, zip_cs, zip_sc = (
+        (value.split(b",") if value else []) for value in lists
+    )
+    # Conch negotiates a MAC even for an AEAD cipher, which then ignores it,
+    # so the MAC lists must meet as well.
+    parts = [
+        ("key exchange", kex, server.supportedKeyExchanges),
+        ("host key algorithm", host_keys, server.supportedPublicKeys),
+        ("cipher", cipher_cs, server.supportedCiphers),
+        ("cipher", cipher_sc, server.supportedCiphers),
+        ("MAC", mac_cs, server.supportedMACs),
+        ("MAC", mac_sc, server.supportedMACs),
+        ("compression", zip_cs, server.supportedCompressions),
+        ("compression", zip_sc, server.supportedCompressions),
+    ]
+    for name, theirs, ours in parts:
+        if not set(theirs) & set(ours):
+            return name, theirs, list(ours)
+    return None
+
+
 class SFTPServerTransport(AEADTransportMixin, transport.SSHServerTransport):
     """
     The server side of the SSH transport, with this server's algorithms.
@@ -76,6 +112,35 @@ class SFTPServerTransport(AEADTransportMixin, transport.SSHServerTransport):
     ]
     supportedMACs = MACS
     ourVersionString = b"SSH-2.0-quartet_sftpd"
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        """
+        Before Conch negotiates, find a part of the client's offer that has
+        nothing in common with this server's; if there is one, disconnect
+        saying which, and log it, instead of Conch's bare "couldn't match all
+        kex parts".  A client that only knows algorithms dropped for
+        ssh-audit (libssh2 1.10 asks for C{ssh-rsa} host keys when its
+        known_hosts lists the RSA key first) then learns why.
+        """
+        missing = unmatched_part(packet, self)
+        if missing is None:
+            super().ssh_KEXINIT(packet)
+            return
+        part, theirs, ours = missing
+        peer = self.transport.getPeer() if self.transport else None
+        self._log.info(
+            "refused {peer}: no {part} in common; it offers {theirs}, this server "
+            "{ours}",
+            peer=getattr(peer, "host", "?"),
+            part=part,
+            theirs=b",".join(theirs).decode("ascii", "replace")[:300],
+            ours=b",".join(ours).decode("ascii"),
+        )
+        self.sendDisconnect(
+            transport.DISCONNECT_KEY_EXCHANGE_FAILED,
+            f"No {part} in common: this server offers "
+            f"{b', '.join(ours).decode('ascii')}.".encode("ascii"),
+        )
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """

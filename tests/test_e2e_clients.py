@@ -351,6 +351,44 @@ def test_curl_libssh2(server: Server, key: Path, files: Path) -> None:
     assert_received(server, "curl.xml", data)
 
 
+def test_curl_with_known_hosts(server: Server, key: Path, files: Path) -> None:
+    """
+    curl also checks the host key against C{~/.ssh/known_hosts}.  libssh2
+    1.10 then asks only for the type of the first line it finds: with the
+    Ed25519 line (as README says to write it) the upload works; with the RSA
+    line first it asks for SHA-1 C{ssh-rsa}, which this server does not
+    offer, and the server logs which part did not match.
+    """
+    upload, data = write(files, "curl-known.xml", 30_000)
+    home = files / "home"
+    (home / ".ssh").mkdir(parents=True)
+    command = [
+        require("curl"),
+        "--silent",
+        "--show-error",
+        "--key",
+        str(key),
+        "--pubkey",
+        f"{key}.pub",
+        "-T",
+        str(upload),
+        f"sftp://{USER}@127.0.0.1:{server.port}/EPCIS/",
+    ]
+    environment = dict(os.environ, HOME=str(home))
+
+    (home / ".ssh" / "known_hosts").write_text(
+        host_key_line(server, "rsa") + host_key_line(server)
+    )
+    refused = run(command, env=environment)
+    (home / ".ssh" / "known_hosts").write_text(host_key_line(server))
+    accepted = run(command, env=environment)
+
+    assert refused.returncode != 0
+    assert "no host key algorithm in common; it offers ssh-rsa" in server.log()
+    assert accepted.returncode == 0, accepted.stderr
+    assert_received(server, "curl-known.xml", data)
+
+
 def test_lftp_put_and_mirror(server: Server, key: Path, files: Path) -> None:
     """
     lftp over OpenSSH's ssh: put, then mirror -R of a local folder (which

@@ -60,6 +60,10 @@ class SFTPUser(ConchUser):
         )
         self.channelLookup[b"session"] = SFTPChannel
         self.channels: set[SFTPChannel] = set()
+        #: Kinds of command request already refused on this connection, so
+        #: that a client probing for hash commands (rclone asks several
+        #: times) is logged once per kind.
+        self.refused: set[str] = set()
 
     def logout(self) -> None:
         """
@@ -150,10 +154,15 @@ class SFTPChannel(SSHChannel):
         self.protocol.makeConnection(self)
         return 1
 
-    def _refuse_command(self, what: str) -> int:
-        self._log.warn(
-            "refused {what} request from {user} at {peer}",
+    def _refuse_command(self, what: str, command: bytes = b"") -> int:
+        shown = command.decode("utf-8", "replace")[:100]
+        emit = self._log.debug if what in self.avatar.refused else self._log.warn
+        self.avatar.refused.add(what)
+        emit(
+            "refused {what} request {command!r} from {user} at {peer} (SFTP "
+            "only; further ones on this connection are logged at debug)",
             what=what,
+            command=shown,
             user=self.avatar.user,
             peer=self.peer,
         )
@@ -180,7 +189,11 @@ class SFTPChannel(SSHChannel):
         return self._refuse_command("shell")
 
     def request_exec(self, data: bytes) -> int:
-        return self._refuse_command("exec")
+        try:
+            command = common.getNS(data)[0]
+        except (struct.error, IndexError):
+            command = b""
+        return self._refuse_command("exec", command)
 
     def request_env(self, data: bytes) -> int:
         # OpenSSH sends LANG and the like; they mean nothing to SFTP.

@@ -98,6 +98,11 @@ def test_refusals_are_clean_and_the_server_keeps_serving(
 
 
 def test_shell_and_exec_are_refused_politely(server: Server, client_key: Path) -> None:
+    """
+    An exec request gets "SFTP only" on stderr and exit status 1, and the
+    log names the refused command once per connection; the SFTP channel
+    opened on the same connection afterwards works.
+    """
     result = subprocess.run(
         [require("ssh"), "-p", str(server.port)]
         + server.ssh_options(client_key)
@@ -109,6 +114,25 @@ def test_shell_and_exec_are_refused_politely(server: Server, client_key: Path) -
     assert result.returncode == 1
     assert "SFTP only" in result.stderr
     assert result.stdout == ""
+    assert "refused exec request 'ls /' from partner" in server.log()
+
+    transport = paramiko.Transport(("127.0.0.1", server.port))
+    try:
+        transport.connect(
+            username="partner",
+            pkey=paramiko.Ed25519Key.from_private_key_file(str(client_key)),
+        )
+        for command in ("md5sum /EPCIS/a", "sha1sum /EPCIS/a"):
+            channel = transport.open_session()
+            channel.exec_command(command)
+            assert channel.recv_exit_status() == 1
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None and sftp.listdir("/") == ["EPCIS"]
+    finally:
+        transport.close()
+    log = server.log()
+    assert "refused exec request 'md5sum /EPCIS/a'" in log
+    assert "sha1sum" not in log  # the same connection's second refusal: debug
 
 
 def test_paramiko_put_with_confirm(server: Server, client_key: Path) -> None:

@@ -195,6 +195,8 @@ class GuardedTransport(SFTPServerTransport):
     _grace_call: IDelayedCall | None = None
     _idle_call: IDelayedCall | None = None
     _cut_call: IDelayedCall | None = None
+    #: The message of L{close_with}, once the server decided to close.
+    closed_because: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -292,6 +294,7 @@ class GuardedTransport(SFTPServerTransport):
         Send the client a disconnect message and close the connection; cut
         it after L{CLOSE_GRACE} seconds if the client does not read.
         """
+        self.closed_because = message
         self.sendDisconnect(code, message.encode("utf-8"))
         if self._cut_call is None:
             self._cut_call = self.factory.clock.callLater(

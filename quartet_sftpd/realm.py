@@ -90,6 +90,7 @@ class _Session:
         self._backend = context.backend
         self._results_days = context.settings.results_days
         self._server = context
+        self._avatar = avatar
 
     @property
     def stopping(self) -> bool:
@@ -97,6 +98,15 @@ class _Session:
         Whether the server is shutting down.
         """
         return self._server.stopping
+
+    @property
+    def ended_because(self) -> str | None:
+        """
+        The message the server closed this connection with (an idle timeout,
+        revoked access), or L{None} while it has not closed it.
+        """
+        connection = getattr(self._avatar, "conn", None)
+        return getattr(getattr(connection, "transport", None), "closed_because", None)
 
     def results(self, rule: str) -> Deferred[dict[str, ResultFile]]:
         """

@@ -143,9 +143,8 @@ class SFTPContext:
                 reason=reason,
             )
             self.policy.logged_out(avatar)
-            conn.transport.sendDisconnect(
-                DISCONNECT_BY_APPLICATION,
-                f"Your access was revoked: {reason}.".encode(),
+            conn.transport.close_with(
+                DISCONNECT_BY_APPLICATION, f"Your access was revoked: {reason}."
             )
             ended += 1
         return ended

@@ -56,6 +56,7 @@ class Session:
         #: Tasks the results view shows (a test fills it).
         self.tasks: list[Any] = []
         self.stopping = False
+        self.ended_because: str | None = None
 
     def run_blocking(self, f: Any, *args: Any) -> Any:
         from twisted.internet.defer import maybeDeferred

@@ -133,6 +133,8 @@ class ISessionContext(Protocol):
     started: float
     #: Whether the server is shutting down (so open uploads are its doing).
     stopping: bool
+    #: Why the server closed this connection itself, if it did.
+    ended_because: str | None
 
     def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """
@@ -356,8 +358,11 @@ class SFTPServerProtocol(TwistedProtocol):
         client, so they are aborted, never completed.
         """
         self._open = False
+        ended = self.context.ended_because
         if self.context.stopping:
             why = "the server stopped before the client's CLOSE"
+        elif ended:
+            why = f"the server closed the connection before CLOSE: {ended}"
         else:
             why = "the connection was lost before CLOSE"
         handles, self._handles = self._handles, {}

@@ -10,6 +10,7 @@ command while the server runs.
 from __future__ import annotations
 
 import io
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -146,6 +147,14 @@ def test_revoking_keys_and_users_ends_their_sessions(
         assert refused(server, "partner", second)
 
         wait_until(server.quarantined)
+        [partial] = server.quarantined()
+        assert partial.read_bytes() == b"<half"
+        meta = json.loads(partial.with_name(partial.name + ".json").read_text())
+        assert meta["name"] == "half.xml"
+        assert meta["reason"] == (
+            "the server closed the connection before CLOSE: "
+            "Your access was revoked: the key was removed."
+        )
         assert server.tasks() == []
         log = server.log()
         assert (

@@ -282,14 +282,15 @@ def test_passwords_are_offered_only_when_some_user_has_one(users: UserStore) -> 
 
 class _Wire:
     """
-    The transport under an avatar's connection, recording disconnects.
+    The transport under an avatar's connection, recording the disconnects
+    the server asks of it through L{GuardedTransport.close_with}.
     """
 
     def __init__(self) -> None:
-        self.sent: list[tuple[int, bytes]] = []
+        self.sent: list[tuple[int, str]] = []
 
-    def sendDisconnect(self, code: int, text: bytes) -> None:
-        self.sent.append((code, text))
+    def close_with(self, code: int, message: str) -> None:
+        self.sent.append((code, message))
 
 
 class _Avatar:
@@ -316,7 +317,7 @@ def test_context_ends_revoked_sessions_and_hides_rules(users: UserStore) -> None
     assert revoked.conn.transport.sent == [
         (
             ssh_transport.DISCONNECT_BY_APPLICATION,
-            b"Your access was revoked: the key was removed.",
+            "Your access was revoked: the key was removed.",
         )
     ]
     assert kept.conn.transport.sent == []

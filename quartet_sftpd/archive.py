@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -42,6 +42,10 @@ NAME_MAX = 255
 #: `-` and a UUID in its 36-character text form.
 _UUID_SUFFIX = 37
 _HASH_CHUNK = 1 << 20
+#: Uploads at least this large are fsynced and hashed at the same time, in
+#: two threads of the pool; smaller ones in one trip to the pool, where a
+#: second thread would cost more than the overlap saves.
+PARALLEL_COMMIT = 8 << 20
 
 
 def archive_name(name: str, unique: str) -> str:
@@ -204,7 +208,7 @@ class Archive:
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
     def commit(
-        self, staging: Path, fd: int | None, folder: str, name: str
+        self, staging: Path, fd: int | None, folder: str, name: str, size: int = 0
     ) -> Deferred[Committed]:
         """
         Make a finished upload permanent: fsync its bytes, give it its group
@@ -216,25 +220,74 @@ class Archive:
         @param fd: its open descriptor, which this closes, or None.
         @param folder: the rule folder name.
         @param name: the client's file name.
+        @param size: about how many bytes the file holds; from
+            L{PARALLEL_COMMIT} on, the fsync and the hashing overlap.
         @return: a Deferred firing with a L{Committed}, or failing with the
             L{OSError} that stopped it; on failure nothing is left in the
             rule folder and the staging file is still in place.
         """
-        return self._in_thread(self._commit, staging, fd, folder, name)
+        if size < PARALLEL_COMMIT:
+            return self._in_thread(self._commit, staging, fd, folder, name)
+        if fd is None:
+            opened = self._in_thread(_open_to_read, staging)
+        else:
+            opened = succeed(fd)
+        opened.addCallback(self._sync_and_hash)
+        opened.addCallback(
+            lambda hashed: self._in_thread(self._place, staging, folder, name, *hashed)
+        )
+        return opened
 
     def _commit(
         self, staging: Path, fd: int | None, folder: str, name: str
     ) -> Committed:
         if fd is None:
-            fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_to_read(staging)
         try:
-            os.fsync(fd)
-            os.fchown(fd, -1, self._gid)
-            os.fchmod(fd, self._file_mode)
-            size, digest = _hash_fd(fd)
+            self._sync(fd)
+            size, digest = self._own_and_hash(fd)
         finally:
             os.close(fd)
+        return self._place(staging, folder, name, size, digest)
 
+    def _sync_and_hash(self, fd: int) -> Deferred[tuple[int, str]]:
+        """
+        fsync and hash a staging file in two threads at once, then close it.
+
+        @return: a Deferred firing with its size and sha256, or failing with
+            the first L{OSError}, once neither thread uses the descriptor.
+        """
+        both = DeferredList(
+            [self._in_thread(self._sync, fd), self._in_thread(self._own_and_hash, fd)],
+            consumeErrors=True,
+        )
+
+        def closed(results: list[tuple[bool, Any]]) -> Any:
+            os.close(fd)
+            for ok, result in results:
+                if not ok:
+                    return result
+            return results[1][1]
+
+        return both.addCallback(closed)
+
+    def _sync(self, fd: int) -> None:
+        """
+        Flush a staging file's bytes to the disk.
+        """
+        os.fsync(fd)
+
+    def _own_and_hash(self, fd: int) -> tuple[int, str]:
+        os.fchown(fd, -1, self._gid)
+        os.fchmod(fd, self._file_mode)
+        return _hash_fd(fd)
+
+    def _place(
+        self, staging: Path, folder: str, name: str, size: int, digest: str
+    ) -> Committed:
+        """
+        Move a synced staging file into its rule folder, durably.
+        """
         self.ensure_rule_folder(folder)
         target = self.rule_folder(folder) / archive_name(name, str(uuid.uuid4()))
         os.rename(staging, target)
@@ -350,6 +403,10 @@ class Archive:
         The figures of the archive's filesystem (blocking, but a single call).
         """
         return os.statvfs(self.root)
+
+
+def _open_to_read(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _hash_fd(fd: int) -> tuple[int, str]:

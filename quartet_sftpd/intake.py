@@ -277,6 +277,7 @@ class Intake:
                 upload.name,
                 upload.staging,
                 upload.take_fd(),
+                size=upload.size,
                 started=upload.opened,
                 mtime=upload.mtime,
             )
@@ -308,11 +309,12 @@ class Intake:
         staging: Any,
         fd: int | None,
         *,
+        size: int,
         started: float,
         mtime: int | None,
     ) -> Deferred[str]:
         received = self._clock()
-        d = self.archive.commit(staging, fd, folder, name)
+        d = self.archive.commit(staging, fd, folder, name, size)
 
         def archived(committed: Committed) -> Deferred[str]:
             upload = ArchivedUpload(
@@ -535,6 +537,7 @@ class Intake:
                 target.name,
                 entry.path,
                 None,
+                size=entry.size,
                 started=entry.since,
                 mtime=int(entry.mtime),
             )

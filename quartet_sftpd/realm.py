@@ -55,9 +55,11 @@ class SFTPUser(ConchUser):
         super().__init__()
         self.user = user
         self.context = context
-        self.tree = VirtualTree(
-            context.backend.rule_names, lambda: context.allowed_rules(user)
-        )
+        #: The rules this user may see (None: all), read at login and again
+        #: at each of the server's periodic refreshes, so that no request
+        #: reads the user's settings file.
+        self.allowed_rules = context.allowed_rules(user)
+        self.tree = VirtualTree(context.backend.rule_names, lambda: self.allowed_rules)
         self.channelLookup[b"session"] = SFTPChannel
         self.channels: set[SFTPChannel] = set()
         #: Kinds of command request already refused on this connection, so

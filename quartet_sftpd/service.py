@@ -106,6 +106,17 @@ class SFTPContext:
         self._settings_errors.pop(user, None)
         return None if rules is None else set(rules)
 
+    def refresh_allowed_rules(self) -> None:
+        """
+        Read again which rules each logged-in user may see, so that a change
+        to a user's rules reaches the sessions already open.
+        """
+        read: dict[str, set[str] | None] = {}
+        for avatar in self.avatars:
+            if avatar.user not in read:
+                read[avatar.user] = self.allowed_rules(avatar.user)
+            avatar.allowed_rules = read[avatar.user]
+
     def logged_in(self, avatar: SFTPUser) -> None:
         """
         The realm made an avatar for a user who logged in.
@@ -315,12 +326,14 @@ class QuartetSFTPService(MultiService):
     @inlineCallbacks
     def refresh(self) -> Any:
         """
-        End the sessions of revoked users and keys, reload the rules if
-        they changed, create archive folders for new rules, and expire old
-        entries of the upload registry.
+        End the sessions of revoked users and keys, give open sessions
+        their users' current rules, reload the rules if they changed,
+        create archive folders for new rules, and expire old entries of the
+        upload registry.
         """
         try:
             self.context.end_revoked_sessions()
+            self.context.refresh_allowed_rules()
             if self.context.policy is not None:
                 self.context.policy.refresh()
         except Exception:

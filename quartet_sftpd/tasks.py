@@ -3,9 +3,17 @@ The task store: one row per archived upload, and the messages its rule wrote.
 
 A task is created QUEUED when an upload is archived, becomes RUNNING when its
 rule starts, and ends FINISHED or FAILED.  The store is a SQLite file in WAL
-mode with C{synchronous=FULL}, so a task the server has reported as recorded
-survives a power cut, and the admin command can read it while the server
-writes.
+mode, so the admin command can read it while the server writes.
+
+Writes are durable (C{synchronous=FULL}: fsynced before they return) unless
+a caller passes C{durable=False}, which the built-in engine does for the
+progress of a rule run (RUNNING, its messages, its end).  Every write, durable
+or not, survives the server being killed, since SQLite has handed it to the
+operating system; a power cut may lose the non-durable writes made since the
+last durable one, which leaves such a task QUEUED or RUNNING, and the next
+start runs it again.  So a task the server reported as recorded always
+survives, and the fsync that costs an upload's CLOSE most of its time is not
+paid three more times for each rule run.
 
 Every method blocks on disk I/O: call them from a thread pool (or from the
 admin command), never from the reactor thread.  One connection is shared by
@@ -220,6 +228,7 @@ class TaskStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._durable = True
         if not create and not self.path.exists():
             raise TaskStoreError(
                 f"the task database {self.path} does not exist yet; the server "
@@ -256,12 +265,19 @@ class TaskStore:
             )
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, durable: bool = True) -> Iterator[None]:
         """
         Hold the lock and run the block in one write transaction, committed
         when the block ends and rolled back if it raises.
+
+        @param durable: whether the commit waits for an fsync (see the module
+            docstring).
         """
         with self._lock:
+            if durable != self._durable:
+                level = "FULL" if durable else "NORMAL"
+                self._db.execute(f"PRAGMA synchronous={level}")
+                self._durable = durable
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -319,11 +335,12 @@ class TaskStore:
             )
         return task
 
-    def mark_running(self, name: str) -> None:
+    def mark_running(self, name: str, *, durable: bool = True) -> None:
         """
         Move a QUEUED task, or a RUNNING one interrupted by a restart, to
         RUNNING and note its start time.
 
+        @param durable: whether to wait for an fsync (see the module docstring).
         @raise UnknownTaskError: no such task.
         @raise TaskStoreError: the task has already finished or failed.
         """
@@ -332,28 +349,37 @@ class TaskStore:
             (TaskStatus.QUEUED, TaskStatus.RUNNING),
             "status = ?, started = ?, ended = NULL, execution_time = NULL",
             (TaskStatus.RUNNING.value, self._clock()),
+            durable=durable,
         )
 
-    def finish(self, name: str) -> None:
+    def finish(self, name: str, *, durable: bool = True) -> None:
         """
         Mark a RUNNING task FINISHED.
 
+        @param durable: whether to wait for an fsync (see the module docstring).
         @raise UnknownTaskError: no such task.
         @raise TaskStoreError: the task is not RUNNING.
         """
-        self._end(name, TaskStatus.FINISHED, (TaskStatus.RUNNING,))
+        self._end(name, TaskStatus.FINISHED, (TaskStatus.RUNNING,), durable=durable)
 
-    def fail(self, name: str, reason: str | None = None) -> None:
+    def fail(
+        self, name: str, reason: str | None = None, *, durable: bool = True
+    ) -> None:
         """
         Mark a QUEUED or RUNNING task FAILED.
 
         @param reason: if given, added as an ERROR message in the same
             transaction.
+        @param durable: whether to wait for an fsync (see the module docstring).
         @raise UnknownTaskError: no such task.
         @raise TaskStoreError: the task has already finished or failed.
         """
         self._end(
-            name, TaskStatus.FAILED, (TaskStatus.QUEUED, TaskStatus.RUNNING), reason
+            name,
+            TaskStatus.FAILED,
+            (TaskStatus.QUEUED, TaskStatus.RUNNING),
+            reason,
+            durable=durable,
         )
 
     def _end(
@@ -362,6 +388,8 @@ class TaskStore:
         status: TaskStatus,
         allowed: Sequence[TaskStatus],
         reason: str | None = None,
+        *,
+        durable: bool,
     ) -> None:
         now = self._clock()
         self._transition(
@@ -372,6 +400,7 @@ class TaskStore:
             "ELSE max(? - started, 0) END",
             (status.value, now, now),
             reason,
+            durable=durable,
         )
 
     def _transition(
@@ -381,8 +410,10 @@ class TaskStore:
         assignments: str,
         values: tuple[Any, ...],
         reason: str | None = None,
+        *,
+        durable: bool = True,
     ) -> None:
-        with self._transaction():
+        with self._transaction(durable):
             row = self._db.execute(
                 "SELECT status FROM task WHERE name = ?", (name,)
             ).fetchone()
@@ -399,17 +430,20 @@ class TaskStore:
             if reason is not None:
                 self._insert_message(name, "ERROR", reason)
 
-    def add_message(self, name: str, level: str, text: str) -> None:
+    def add_message(
+        self, name: str, level: str, text: str, *, durable: bool = True
+    ) -> None:
         """
         Add a message to a task.
 
         @param level: one of L{MESSAGE_LEVELS}.
+        @param durable: whether to wait for an fsync (see the module docstring).
         @raise ValueError: the level is not one of them.
         @raise UnknownTaskError: no such task.
         """
         if level not in MESSAGE_LEVELS:
             raise ValueError(f"message level must be one of {MESSAGE_LEVELS}.")
-        with self._transaction():
+        with self._transaction(durable):
             self._insert_message(name, level, text)
 
     def _insert_message(self, name: str, level: str, text: str) -> None:
@@ -626,7 +660,9 @@ class TaskLog:
     """
     One task's message sink, handed to the steps of its rule.
 
-    Blocking, like the store: steps call it from the rule's thread.
+    Blocking, like the store: steps call it from the rule's thread.  Its
+    messages are progress of a run, written without waiting for an fsync
+    (see the module docstring).
 
     @ivar name: the task's name.
     """
@@ -639,7 +675,7 @@ class TaskLog:
         """
         Add a message to the task; see L{TaskStore.add_message}.
         """
-        self._store.add_message(self.name, level, text)
+        self._store.add_message(self.name, level, text, durable=False)
 
 
 __all__ = [

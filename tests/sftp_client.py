@@ -78,9 +78,14 @@ class Harness:
     folder and a recording backend.
     """
 
-    def __init__(self, root: Path, rules: tuple[str, ...] = ("EPCIS",)) -> None:
+    def __init__(
+        self,
+        root: Path,
+        rules: tuple[str, ...] = ("EPCIS",),
+        archive_class: type[Archive] = Archive,
+    ) -> None:
         self.backend = RecordingBackend(rules)
-        self.archive = Archive(
+        self.archive = archive_class(
             root / "archive",
             gid=os.getegid(),
             threadpool=ImmediateThreadPool(),  # type: ignore[arg-type]

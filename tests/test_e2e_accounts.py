@@ -170,8 +170,9 @@ def test_users_see_and_upload_to_only_their_rules(
 ) -> None:
     """
     A user granted EPCIS sees only /EPCIS and cannot upload into /Returns;
-    granting all rules shows both, even in a session already open; another
-    user never sees the first one's uploads.
+    granting all rules shows both, also in a session already open (from the
+    server's next refresh on); another user never sees the first one's
+    uploads.
     """
     server = start(tmp_path)
     try:
@@ -195,7 +196,7 @@ def test_users_see_and_upload_to_only_their_rules(
                 acme.putfo(io.BytesIO(b"<x/>"), "/Returns/r.xml", confirm=False)
             acme.put(str(EPCIS), "/EPCIS/acme.xml")
             cli_ok(server, "user", "rules", "acme", "--all")
-            assert acme.listdir("/") == ["EPCIS", "Returns"]
+            wait_until(lambda: acme.listdir("/") == ["EPCIS", "Returns"])
             acme.put(str(EPCIS), "/Returns/acme.xml")
             assert "acme.xml" in acme.listdir("/Returns")
         with session(server, "globex", keys["other"]) as globex:

@@ -13,6 +13,7 @@ import re
 import stat
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import paramiko
@@ -72,19 +73,21 @@ def test_refusals_are_clean_and_the_server_keeps_serving(
     """
     sample = tmp_path / "x.xml"
     sample.write_bytes(b"<x/>")
+    # A name of its own, so that nothing else's /tmp/x can mislead the check.
+    escape = f"escape-{uuid.uuid4().hex}"
     result = server.sftp(
         "partner",
         client_key,
-        f"-ls /etc\n-put {sample} ../../tmp/x\n-mkdir /new\nls /\n",
+        f"-ls /etc\n-put {sample} ../../tmp/{escape}\n-mkdir /new\nls /\n",
     )
     # OpenSSH's sftp prints its own text for each status code; clients that
     # show the server's message (paramiko below, WinSCP, FileZilla) read
     # the sentence that names the rule folders.
     assert result.returncode == 0, result.stderr
     assert '"/etc" not found' in result.stderr
-    assert '"/../../tmp/x": No such file or directory' in result.stderr
+    assert f'"/../../tmp/{escape}": No such file or directory' in result.stderr
     assert 'mkdir "/new": Permission denied' in result.stderr
-    assert not Path("/tmp/x").exists() or Path("/tmp/x").read_bytes() != b"<x/>"
+    assert not Path("/tmp", escape).exists()
     assert server.archived() == []
 
     stranger = make_key(tmp_path, "stranger")

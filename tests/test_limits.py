@@ -20,6 +20,7 @@ from quartet_sftpd.bans import AddressBans
 from quartet_sftpd.config import Settings
 from quartet_sftpd.hostkeys import fingerprint
 from quartet_sftpd.limits import GuardedFactory, GuardedTransport, LoginPolicy
+from quartet_sftpd.realm import SFTPUser
 from quartet_sftpd.service import SFTPContext
 from quartet_sftpd.users import UserStore
 from tests.sshkeys import private_key, public_line, write_keys
@@ -328,3 +329,33 @@ def test_context_ends_revoked_sessions_and_hides_rules(users: UserStore) -> None
     (users.users_dir / "alice.toml").write_text("rules = [\n")
     assert context.allowed_rules("alice") == set()
     assert context.allowed_rules("nobody") == set()
+
+
+class _Rules:
+    """
+    A capture backend as far as a user's tree needs one: its rule names.
+    """
+
+    def rule_names(self) -> tuple[str, ...]:
+        return ("EPCIS", "Returns")
+
+
+def test_open_sessions_see_rule_changes_at_the_next_refresh(
+    users: UserStore,
+) -> None:
+    """
+    A logged-in user's folders come from the rules read at login; a change
+    to the user's rules reaches the open session when the server refreshes,
+    not before (no request reads the settings file).
+    """
+    unused: Any = None
+    context = SFTPContext(Settings(), _Rules(), unused, unused, unused, users)
+    alice = SFTPUser("alice", context)
+    context.logged_in(alice)
+    assert sorted(alice.tree.folders()) == ["EPCIS", "Returns"]
+
+    users.update_settings("alice", rules=["EPCIS"])
+    assert sorted(alice.tree.folders()) == ["EPCIS", "Returns"]
+    context.refresh_allowed_rules()
+    assert sorted(alice.tree.folders()) == ["EPCIS"]
+    assert sorted(SFTPUser("alice", context).tree.folders()) == ["EPCIS"]

@@ -6,6 +6,7 @@ a temporary folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from twisted.conch.ssh import filetransfer as fx
 
+from quartet_sftpd.archive import PARALLEL_COMMIT, Archive
 from quartet_sftpd.sftp.server import EXTENSIONS
 from quartet_sftpd.sftp.wire import string, u32, u64
 
@@ -75,6 +77,66 @@ def test_complete_upload_is_archived_and_submitted(harness: Harness) -> None:
     assert upload.sha256 == hashlib.sha256(data).hexdigest()
     assert upload.size == len(data)
     assert upload.archive_path == archived
+
+
+class FailingSyncArchive(Archive):
+    """
+    An archive on a disk whose fsync reports an input/output error.
+    """
+
+    def _sync(self, fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("size", [10_000, PARALLEL_COMMIT + 12_345])
+def test_uploads_small_and_large_are_archived_exactly(
+    harness: Harness, size: int
+) -> None:
+    """
+    A small upload is committed in one step, a large one with its fsync and
+    hashing overlapped; both archive exactly the bytes with their sha256
+    and mode, and leave no descriptor open.
+    """
+    data = os.urandom(size)
+    before = open_descriptors()
+    code, _ = harness.connect().upload("/EPCIS/big.bin", data, chunk=256 * 1024)
+
+    assert code == fx.FX_OK
+    [archived] = harness.archived()
+    assert archived.read_bytes() == data
+    assert stat.S_IMODE(archived.stat().st_mode) == 0o640
+    [upload] = harness.backend.submitted
+    assert (upload.size, upload.sha256) == (size, hashlib.sha256(data).hexdigest())
+    assert open_descriptors() == before
+
+
+@pytest.mark.parametrize("size", [10_000, PARALLEL_COMMIT + 12_345])
+def test_failed_fsync_fails_the_close_and_quarantines(
+    tmp_path: Path, size: int
+) -> None:
+    """
+    When the disk cannot flush an upload, the CLOSE fails with a sentence,
+    nothing reaches the archive or the backend, the bytes are quarantined,
+    and no descriptor is left open.
+    """
+    harness = Harness(tmp_path, archive_class=FailingSyncArchive)
+    data = os.urandom(size)
+    before = open_descriptors()
+    code, message = harness.connect().upload("/EPCIS/big.bin", data, chunk=256 * 1024)
+
+    assert code == fx.FX_FAILURE
+    assert message == (
+        "big.bin was not accepted: the server's disk reported an input/output "
+        "error. Nothing was processed; try again later."
+    )
+    assert harness.archived() == [] and harness.backend.submitted == []
+    [partial] = harness.quarantined()
+    assert partial.read_bytes() == data
+    assert open_descriptors() == before
 
 
 def test_writes_out_of_order_land_at_their_offsets(harness: Harness) -> None:

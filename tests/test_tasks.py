@@ -272,6 +272,30 @@ def test_database_is_durable_and_versioned(tmp_path: Path) -> None:
     db.close()
 
 
+def test_only_progress_of_a_run_skips_the_fsync(store: TaskStore) -> None:
+    """
+    Recording a task commits with C{synchronous=FULL}; a run's progress
+    written with C{durable=False} commits with C{NORMAL}, and the next
+    durable write is FULL again (it also syncs the progress before it).
+    """
+
+    def synchronous() -> int:
+        # 2 is FULL, 1 is NORMAL.
+        return store._db.execute("PRAGMA synchronous").fetchone()[0]
+
+    name = store.create(upload()).name
+    assert synchronous() == 2
+    store.mark_running(name, durable=False)
+    store.add_message(name, "INFO", "halfway", durable=False)
+    assert synchronous() == 1
+    store.finish(name, durable=False)
+    second = store.create(upload(name="second.xml")).name
+    assert synchronous() == 2
+    assert store.get(name).status is TaskStatus.FINISHED
+    assert [m.text for m in store.get(name).messages] == ["halfway"]
+    assert store.get(second).status is TaskStatus.QUEUED
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """
     A database from a newer version is not touched.

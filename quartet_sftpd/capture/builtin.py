@@ -252,12 +252,13 @@ class BuiltinBackend:
         if rule is None:
             d.addCallback(self._rule_gone_logged, upload)
             return d
-        since = upload.received - self._settings.duplicate_window
-        d.addCallback(lambda name: self._in_store(self._duplicate_of, name, since))
-        d.addCallback(lambda found: self._apply_policy(rule, upload, *found))
+        d.addCallback(lambda recorded: self._apply_policy(rule, upload, *recorded))
         return d
 
-    def _rule_gone_logged(self, name: str, upload: ArchivedUpload) -> str:
+    def _rule_gone_logged(
+        self, recorded: tuple[str, Task | None], upload: ArchivedUpload
+    ) -> str:
+        name, _ = recorded
         self.log.warn(
             "task {task} for rule {rule} failed: the rule no longer exists",
             task=name,
@@ -418,15 +419,19 @@ class BuiltinBackend:
         except RulesError as error:
             return signature, None, error
 
-    def _duplicate_of(self, name: str, since: float) -> tuple[str, Task | None]:
-        assert self._store is not None
-        return name, self._store.find_duplicate(name, since)
-
     def _store_call(self, method: str, *args: Any) -> Any:
         assert self._store is not None
         return getattr(self._store, method)(*args)
 
-    def _record(self, upload: ArchivedUpload, rule_known: bool) -> str:
+    def _record(
+        self, upload: ArchivedUpload, rule_known: bool
+    ) -> tuple[str, Task | None]:
+        """
+        Record the upload's task and, in the same trip to the store thread,
+        look for an earlier upload of the same bytes to the same rule.
+
+        @return: the task's name and the earlier task, if there is one.
+        """
         assert self._store is not None
         task = self._store.create(upload)
         if not rule_known:
@@ -434,7 +439,9 @@ class BuiltinBackend:
                 task.name,
                 _rule_gone(upload.rule, upload.name, str(upload.archive_path)),
             )
-        return task.name
+            return task.name, None
+        since = upload.received - self._settings.duplicate_window
+        return task.name, self._store.find_duplicate(task.name, since)
 
     # -- back on the reactor thread --
 
@@ -555,9 +562,9 @@ class BuiltinBackend:
         rule = self._rules.get(task.rule)
         if rule is None:
             reason = _rule_gone(task.rule, task.file, task.archive_path)
-            store.fail(name, reason)
+            store.fail(name, reason, durable=False)
             return ended(TaskStatus.FAILED, reason)
-        store.mark_running(name)
+        store.mark_running(name, durable=False)
         try:
             data = Path(task.archive_path).read_bytes()
         except OSError as error:
@@ -565,14 +572,14 @@ class BuiltinBackend:
                 f"The archived file {task.archive_path} cannot be read: "
                 f"{error.strerror or error}."
             )
-            store.fail(name, reason)
+            store.fail(name, reason, durable=False)
             return ended(TaskStatus.FAILED, reason)
         if hashlib.sha256(data).hexdigest() != task.sha256:
             reason = (
                 f"The archived file {task.archive_path} no longer holds the bytes "
                 "that were uploaded (its SHA-256 differs), so the rule was not run."
             )
-            store.fail(name, reason)
+            store.fail(name, reason, durable=False)
             return ended(TaskStatus.FAILED, reason)
 
         context = RuleContext(
@@ -593,13 +600,13 @@ class BuiltinBackend:
         try:
             rule.run(TaskLog(store, name), data, context, checks_passed)
         except RuleFailed as failure:
-            store.fail(name)
+            store.fail(name, durable=False)
             outcome = ended(TaskStatus.FAILED, str(failure))
             if failure.in_checks:
                 rejected = f"{rule.name} rejected {task.file}: {failure.detail}"
                 outcome = dataclasses.replace(outcome, rejected=rejected)
             return outcome
-        store.finish(name)
+        store.finish(name, durable=False)
         return ended(TaskStatus.FINISHED)
 
     # -- helpers --

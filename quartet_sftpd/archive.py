@@ -335,7 +335,11 @@ class Archive:
         target = self.quarantine / staging.name
         record = dict(meta)
         record.setdefault("bytes_received", staging.stat().st_size)
-        record["quarantined"] = time.time()
+        now = time.time()
+        record["quarantined"] = now
+        record["quarantined_utc"] = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)
+        )
         if not keep_bytes:
             os.truncate(staging, 0)
         record["bytes_kept"] = staging.stat().st_size
@@ -426,9 +430,12 @@ def _hash_fd(fd: int) -> tuple[int, str]:
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
     """
-    Write a JSON record, replacing any earlier (perhaps cut short) one.
+    Write a JSON record, readable by the server's user only like the bytes
+    beside it, replacing any earlier (perhaps cut short) one.
     """
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _fsync_dir(path: Path) -> None:

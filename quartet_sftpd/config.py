@@ -31,6 +31,13 @@ DEFAULT_TEMP_PATTERNS = (
 )
 
 
+#: What a setting's value should look like, where its type alone says too
+#: little.
+_EXPECTED = {
+    "file_mode": 'an octal file mode such as "0640" (or 0o640)',
+}
+
+
 class ConfigError(Exception):
     """
     A setting is missing, of the wrong type or out of range; the message says
@@ -209,7 +216,10 @@ def _coerce(name: str, value: Any, base: Path) -> Any:
             return value
         return str(value)
     if name == "file_mode":
-        return int(value, 8) if isinstance(value, str) else int(value)
+        mode = int(value, 8) if isinstance(value, str) else int(value)
+        if not 0 <= mode <= 0o777:
+            raise ValueError(value)
+        return mode
     if name == "temp_patterns":
         if isinstance(value, str):
             value = [p.strip() for p in value.split(",") if p.strip()]
@@ -275,9 +285,11 @@ def load_settings(
         try:
             values[name] = _coerce(name, value, base)
         except (TypeError, ValueError):
+            expected = _EXPECTED.get(
+                name, f"a valid {type(_FIELDS[name].default).__name__}"
+            )
             raise ConfigError(
-                f"setting {name!r} has the value {value!r}, which is not a valid "
-                f"{type(_FIELDS[name].default).__name__}."
+                f"setting {name!r} has the value {value!r}, which is not {expected}."
             ) from None
     for name in _PATH_KEYS:
         if name not in values and isinstance(_FIELDS[name].default, Path):

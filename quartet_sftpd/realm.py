@@ -171,10 +171,11 @@ class SFTPChannel(SSHChannel):
         emit = self._log.debug if what in self.avatar.refused else self._log.warn
         self.avatar.refused.add(what)
         emit(
-            "refused {what} request {command!r} from {user} at {peer} (SFTP "
-            "only; further ones on this connection are logged at debug)",
+            "refused {what} request{shown} from {user} at {peer} (SFTP only; "
+            "further ones on this connection are logged at debug)",
             what=what,
             command=shown,
+            shown=f" {shown!r}" if shown else "",
             user=self.avatar.user,
             peer=self.peer,
         )
@@ -206,6 +207,12 @@ class SFTPChannel(SSHChannel):
         except (struct.error, IndexError):
             command = b""
         return self._refuse_command("exec", command)
+
+    def request_pty_req(self, data: bytes) -> int:
+        # A terminal is asked for before a shell; the shell's refusal is the
+        # one worth logging, so this one is refused quietly.
+        self._log.debug("refused a terminal for {user}", user=self.avatar.user)
+        return 0
 
     def request_env(self, data: bytes) -> int:
         # OpenSSH sends LANG and the like; they mean nothing to SFTP.

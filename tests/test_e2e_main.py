@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import re
+import shlex
 import stat
 import subprocess
 import time
@@ -103,8 +104,9 @@ def test_refusals_are_clean_and_the_server_keeps_serving(
 def test_shell_and_exec_are_refused_politely(server: Server, client_key: Path) -> None:
     """
     An exec request gets "SFTP only" on stderr and exit status 1, and the
-    log names the refused command once per connection; the SFTP channel
-    opened on the same connection afterwards works.
+    log names the refused command once per connection; a terminal is
+    refused quietly and a shell like an exec; the SFTP channel opened on the
+    same connection afterwards works.
     """
     result = subprocess.run(
         [require("ssh"), "-p", str(server.port)]
@@ -118,6 +120,24 @@ def test_shell_and_exec_are_refused_politely(server: Server, client_key: Path) -
     assert "SFTP only" in result.stderr
     assert result.stdout == ""
     assert "refused exec request 'ls /' from partner" in server.log()
+
+    # Run in a terminal (util-linux's script), ssh asks for a terminal, then
+    # for a shell; the partner reads why neither is given.
+    interactive = shlex.join(
+        [require("ssh"), "-p", str(server.port)]
+        + server.ssh_options(client_key)
+        + ["partner@127.0.0.1"]
+    )
+    result = subprocess.run(
+        [require("script"), "-qec", interactive, "/dev/null"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "PTY allocation request failed" in result.stdout
+    assert "This server offers SFTP only" in result.stdout
 
     transport = paramiko.Transport(("127.0.0.1", server.port))
     try:
@@ -136,6 +156,8 @@ def test_shell_and_exec_are_refused_politely(server: Server, client_key: Path) -
     log = server.log()
     assert "refused exec request 'md5sum /EPCIS/a'" in log
     assert "sha1sum" not in log  # the same connection's second refusal: debug
+    assert "refused shell request from partner at 127.0.0.1" in log
+    assert "pty-req" not in log and "unhandled request" not in log
 
 
 def test_paramiko_put_with_confirm(server: Server, client_key: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -178,7 +179,8 @@ def test_hole_fails_close_and_quarantines(harness: Harness) -> None:
 def test_connection_lost_before_close_is_an_abort(harness: Harness) -> None:
     """
     Losing the connection with a file open runs no rule and archives
-    nothing: the partial bytes are quarantined with who, what and how much.
+    nothing: the partial bytes are quarantined with who, what, how much and
+    when, readable by the server's user only.
     """
     client = harness.connect()
     handle = client.open("/EPCIS/cut.xml")
@@ -189,10 +191,16 @@ def test_connection_lost_before_close_is_an_abort(harness: Harness) -> None:
     assert harness.archived() == []
     [partial] = harness.quarantined()
     assert partial.read_bytes() == b"<half"
-    meta = json.loads(partial.with_name(partial.name + ".json").read_text())
+    sidecar = partial.with_name(partial.name + ".json")
+    meta = json.loads(sidecar.read_text())
     assert meta["rule"] == "EPCIS"
     assert meta["bytes_received"] == 5
     assert "connection was lost" in meta["reason"]
+    assert meta["quarantined_utc"] == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(meta["quarantined"])
+    )
+    assert stat.S_IMODE(partial.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sidecar.stat().st_mode) == 0o600
 
 
 def test_close_then_connection_lost_still_completes(harness: Harness) -> None:

@@ -191,7 +191,7 @@ class BuiltinBackend:
         self._rule_pool.start()
         self._state = "running"
         self.log.info(
-            "capture engine started with {count} rules from {path}: {rules}",
+            "capture engine started with rules from {path}: {rules}",
             count=len(rules),
             path=str(self._settings.rules),
             rules=", ".join(rules) or "(none)",

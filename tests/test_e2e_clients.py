@@ -322,6 +322,25 @@ def test_openssh_scp_new_and_existing_names(
 # libssh2, lftp, rclone, asyncssh
 
 
+def curl_upload(server: Server, key: Path, upload: Path, *options: str) -> list[str]:
+    """
+    The curl command line that uploads C{upload} into /EPCIS/ with C{key}.
+    """
+    return [
+        require("curl"),
+        "--silent",
+        "--show-error",
+        "--key",
+        str(key),
+        "--pubkey",
+        f"{key}.pub",
+        *options,
+        "-T",
+        str(upload),
+        f"sftp://{USER}@127.0.0.1:{server.port}/EPCIS/",
+    ]
+
+
 def test_curl_libssh2(server: Server, key: Path, files: Path) -> None:
     """
     curl -T (libssh2 1.10) checks the server's Ed25519 host key by its
@@ -331,22 +350,7 @@ def test_curl_libssh2(server: Server, key: Path, files: Path) -> None:
     public = (server.home / "keys" / "ssh_host_ed25519_key.pub").read_text().split()[1]
     digest = hashlib.sha256(base64.b64decode(public)).digest()
     fingerprint = base64.b64encode(digest).decode().rstrip("=")
-    result = run(
-        [
-            require("curl"),
-            "--silent",
-            "--show-error",
-            "--key",
-            str(key),
-            "--pubkey",
-            f"{key}.pub",
-            "--hostpubsha256",
-            fingerprint,
-            "-T",
-            str(upload),
-            f"sftp://{USER}@127.0.0.1:{server.port}/EPCIS/",
-        ]
-    )
+    result = run(curl_upload(server, key, upload, "--hostpubsha256", fingerprint))
     assert result.returncode == 0, result.stderr
     assert_received(server, "curl.xml", data)
 
@@ -362,18 +366,7 @@ def test_curl_with_known_hosts(server: Server, key: Path, files: Path) -> None:
     upload, data = write(files, "curl-known.xml", 30_000)
     home = files / "home"
     (home / ".ssh").mkdir(parents=True)
-    command = [
-        require("curl"),
-        "--silent",
-        "--show-error",
-        "--key",
-        str(key),
-        "--pubkey",
-        f"{key}.pub",
-        "-T",
-        str(upload),
-        f"sftp://{USER}@127.0.0.1:{server.port}/EPCIS/",
-    ]
+    command = curl_upload(server, key, upload)
     environment = dict(os.environ, HOME=str(home))
 
     (home / ".ssh" / "known_hosts").write_text(

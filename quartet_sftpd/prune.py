@@ -19,12 +19,14 @@ from pathlib import Path
 from quartet_sftpd.tasks import TaskStore
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str) -> float:
     """
-    Seconds in a duration such as C{90d}, C{12h}, C{30m}, C{45s} or C{3600}.
+    Seconds in a duration such as C{90d}, C{12h}, C{30m}, C{45s} or C{2w}.
+    The unit is required: a bare C{90} is refused rather than taken as
+    seconds, since an operator who meant days would lose nearly everything.
 
     @raise ValueError: with a sentence, when the text is not a duration.
     """
@@ -34,7 +36,12 @@ def parse_duration(text: str) -> float:
             f"{text!r} is not a duration: write a number with s, m, h, d or w, "
             "such as 90d."
         )
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    number, unit = match.groups()
+    if not unit:
+        raise ValueError(
+            f"{text!r} has no unit: write {number}d for days, or use s, m, h or w."
+        )
+    return float(number) * _UNITS[unit]
 
 
 @dataclass

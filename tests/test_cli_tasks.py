@@ -239,9 +239,15 @@ def test_retry_requeues_a_failed_task(settings, names, capsys) -> None:
 
 @pytest.mark.parametrize("which", ["finished", "queued"])
 def test_retry_refuses_a_task_that_did_not_fail(settings, names, capsys, which) -> None:
+    """
+    Only a FAILED task can be retried; the refusal is one sentence naming
+    the task's status.
+    """
     assert run(settings, "tasks", "retry", names[which]) == 1
-    err = capsys.readouterr().err
-    assert "Only FAILED tasks can be retried" in err
+    assert capsys.readouterr().err == (
+        f"quartet-sftpd: error: task {names[which]} is {which.upper()}; "
+        "only a FAILED task can be retried.\n"
+    )
 
 
 def test_retry_wait_reports_when_no_server_runs_it(settings, names, capsys) -> None:

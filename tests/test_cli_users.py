@@ -257,6 +257,28 @@ def test_user_key_add_and_remove(
     assert "last key" in capsys.readouterr().err
 
 
+def test_user_key_remove_by_key_file(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    C{user key remove} also takes the public key file the key came from; an
+    argument that is neither a fingerprint nor a file is refused with a
+    sentence saying what is expected.
+    """
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    run(home, "user", "key", "add", "alice", str(home / "spare.pub"))
+    first, _ = fingerprints(home, capsys)["alice"]
+
+    assert run(home, "user", "key", "remove", "alice", str(home / "spare.pub")) == 0
+    assert "Removed key" in capsys.readouterr().out
+    assert fingerprints(home, capsys) == {"alice": [first]}
+    assert run(home, "user", "key", "remove", "alice", "spare_key.pub") == 2
+    assert capsys.readouterr().err.endswith(
+        "spare_key.pub is neither a key fingerprint (SHA256:..., as "
+        "`quartet-sftpd user show NAME` prints it) nor a public key file.\n"
+    )
+
+
 def rules_file(home: Path) -> Path:
     """
     A rules file with three rules, one with a space in its name.
@@ -327,17 +349,22 @@ def test_user_rules(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_disable_and_enable(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """
     C{user disable} marks the user disabled (shown by show and list) and
-    C{user enable} undoes it, keeping the keys.
+    C{user enable} undoes it, keeping the keys; either says so when there is
+    nothing to change.
     """
     run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
     assert run(home, "user", "disable", "alice") == 0
     assert show(home, capsys, "alice")["disabled"] is True
+    assert run(home, "user", "disable", "alice") == 0
+    assert capsys.readouterr().out == "User alice is already disabled.\n"
     assert run(home, "user", "list") == 0
     assert capsys.readouterr().out.startswith("alice (disabled)\n")
     assert run(home, "user", "enable", "alice") == 0
     details = show(home, capsys, "alice")
     assert details["disabled"] is False
     assert len(details["keys"]) == 1
+    assert run(home, "user", "enable", "alice") == 0
+    assert capsys.readouterr().out == "User alice is already enabled.\n"
     assert run(home, "user", "disable", "bob") == 1
 
 

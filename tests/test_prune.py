@@ -108,10 +108,24 @@ def test_dry_run_lists_and_keeps_everything(site: Settings, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "text, seconds", [("90d", 90 * DAY), ("12h", 43200), ("30m", 1800), ("45", 45)]
+    "text, seconds",
+    [("90d", 90 * DAY), ("12h", 43200), ("30m", 1800), ("45s", 45), ("2w", 14 * DAY)],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_a_bare_number_is_refused_not_taken_as_seconds(site: Settings, capsys) -> None:
+    """
+    C{--older-than 90} would remove everything older than 90 seconds from
+    an operator who meant days: it is refused, showing the form to use, and
+    nothing is removed.
+    """
+    before = names(site.archive / "EPCIS"), names(site.archive / ".partial")
+    with pytest.raises(SystemExit):
+        run(site, "archive", "prune", "--older-than", "90")
+    assert "'90' has no unit: write 90d for days" in capsys.readouterr().err
+    assert (names(site.archive / "EPCIS"), names(site.archive / ".partial")) == before
 
 
 def test_bad_duration_is_a_usage_error(site: Settings, capsys) -> None:

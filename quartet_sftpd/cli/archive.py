@@ -33,14 +33,14 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="archive_command", metavar="COMMAND")
     commands.required = True
     prune = commands.add_parser(
-        "prune", help="remove archived files, ended tasks and partials older than"
+        "prune", help="remove archived files, ended tasks and partials older than AGE"
     )
     prune.add_argument(
         "--older-than",
         required=True,
         type=_duration,
         metavar="AGE",
-        help="a duration such as 90d, 12h or 3600 (seconds)",
+        help="a number with its unit: 90d (days), 12h, 30m, 3600s or 2w",
     )
     prune.add_argument(
         "--dry-run", action="store_true", help="only list what would be removed"

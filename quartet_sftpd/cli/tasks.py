@@ -211,12 +211,17 @@ def retry_task(settings: Settings, args: argparse.Namespace) -> int:
         task = _find(store, args.name, stderr)
         if task is None:
             return 1
+        if task.status is not TaskStatus.FAILED:
+            stderr.write(
+                f"quartet-sftpd: error: task {task.name} is {task.status.value}; "
+                "only a FAILED task can be retried.\n"
+            )
+            return 1
         try:
             store.requeue(task.name, "Queued again by an operator (tasks retry).")
         except TaskStoreError as error:
-            stderr.write(
-                f"quartet-sftpd: error: {error} Only FAILED tasks can be retried.\n"
-            )
+            # It changed since it was read (the server ran it meanwhile).
+            stderr.write(f"quartet-sftpd: error: {error}\n")
             return 1
         stdout.write(
             f"Task {task.name} is queued again; the running server runs rule "

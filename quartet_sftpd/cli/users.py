@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,7 +157,11 @@ def register(subparsers: Any) -> None:
         "remove", help="take a key from a user", description=remove_key.__doc__
     )
     key_remove.add_argument("name")
-    key_remove.add_argument("fingerprint", help="SHA256:... as `user list` shows")
+    key_remove.add_argument(
+        "key",
+        metavar="KEY",
+        help="a fingerprint (SHA256:... as `user show` prints it) or a public key file",
+    )
     key_remove.set_defaults(handler=remove_key)
 
 
@@ -350,7 +355,11 @@ def disable_user(settings: Settings, args: argparse.Namespace) -> int:
     Refuse every login of a user, keeping its keys and settings; the
     server ends its open sessions.
     """
-    UserStore(settings.users_dir).update_settings(args.name, disabled=True)
+    store = UserStore(settings.users_dir)
+    if store.settings(args.name).get("disabled"):
+        print(f"User {args.name} is already disabled.")
+        return 0
+    store.update_settings(args.name, disabled=True)
     print(f"Disabled user {args.name}; its open sessions end within seconds.")
     return 0
 
@@ -359,7 +368,11 @@ def enable_user(settings: Settings, args: argparse.Namespace) -> int:
     """
     Let a disabled user log in again.
     """
-    UserStore(settings.users_dir).update_settings(args.name, disabled=None)
+    store = UserStore(settings.users_dir)
+    if not store.settings(args.name).get("disabled"):
+        print(f"User {args.name} is already enabled.")
+        return 0
+    store.update_settings(args.name, disabled=None)
     print(f"Enabled user {args.name}.")
     return 0
 
@@ -433,14 +446,37 @@ def add_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def remove_key(settings: Settings, args: argparse.Namespace) -> int:
     """
-    Stop a user from logging in with one key, named by its fingerprint.
+    Stop a user from logging in with a key, named by its fingerprint (with
+    or without C{SHA256:}) or given as a public key file, whose keys are
+    all taken away.
     """
-    fingerprint = args.fingerprint
-    if not fingerprint.startswith("SHA256:"):
-        fingerprint = f"SHA256:{fingerprint}"
-    key = UserStore(settings.users_dir).remove_key(args.name, fingerprint)
-    print(f"Removed key {_describe(key)} from user {args.name}.")
+    store = UserStore(settings.users_dir)
+    for fingerprint in _fingerprints_of(args.key):
+        key = store.remove_key(args.name, fingerprint)
+        print(f"Removed key {_describe(key)} from user {args.name}.")
     return 0
+
+
+#: A SHA-256 key fingerprint as OpenSSH prints it, without its C{SHA256:}.
+_FINGERPRINT = re.compile(r"^[A-Za-z0-9+/]{43}$")
+
+
+def _fingerprints_of(given: str) -> list[str]:
+    """
+    The fingerprints a C{user key remove} argument names.
+
+    @raise UsageError: it is neither a fingerprint nor a key file.
+    """
+    if given.startswith("SHA256:"):
+        return [given]
+    if Path(given).is_file():
+        return [key.fingerprint for key in _read_keys([Path(given)])]
+    if _FINGERPRINT.match(given):
+        return [f"SHA256:{given}"]
+    raise UsageError(
+        f"{given} is neither a key fingerprint (SHA256:..., as `quartet-sftpd "
+        "user show NAME` prints it) nor a public key file."
+    )
 
 
 def remove_user(settings: Settings, args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from quartet_sftpd.capture import ArchivedUpload
+from quartet_sftpd.cli import tasks as cli_tasks
 from quartet_sftpd.cli.tasks import register
 from quartet_sftpd.config import Settings
 from quartet_sftpd.tasks import TaskStore
@@ -246,6 +247,32 @@ def test_retry_refuses_a_task_that_did_not_fail(settings, names, capsys, which) 
     assert run(settings, "tasks", "retry", names[which]) == 1
     assert capsys.readouterr().err == (
         f"quartet-sftpd: error: task {names[which]} is {which.upper()}; "
+        "only a FAILED task can be retried.\n"
+    )
+
+
+class RetriedMeanwhile(TaskStore):
+    """
+    A task store in which another operator's retry queues the task between
+    the command's read of it and its own retry.
+    """
+
+    def requeue(self, name: str, note: str) -> None:
+        super().requeue(name, "Queued again by another operator.")
+        super().requeue(name, note)
+
+
+def test_retry_of_a_task_retried_meanwhile(
+    settings, names, capsys, monkeypatch
+) -> None:
+    """
+    A task that stops being FAILED while the command runs is refused in the
+    same sentence, naming the status it has now.
+    """
+    monkeypatch.setattr(cli_tasks, "TaskStore", RetriedMeanwhile)
+    assert run(settings, "tasks", "retry", names["failed"]) == 1
+    assert capsys.readouterr().err == (
+        f"quartet-sftpd: error: task {names['failed']} is QUEUED; "
         "only a FAILED task can be retried.\n"
     )
 

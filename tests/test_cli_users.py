@@ -273,10 +273,53 @@ def test_user_key_remove_by_key_file(
     assert "Removed key" in capsys.readouterr().out
     assert fingerprints(home, capsys) == {"alice": [first]}
     assert run(home, "user", "key", "remove", "alice", "spare_key.pub") == 2
-    assert capsys.readouterr().err.endswith(
-        "spare_key.pub is neither a key fingerprint (SHA256:..., as "
-        "`quartet-sftpd user show NAME` prints it) nor a public key file.\n"
+    assert capsys.readouterr().err == (
+        "quartet-sftpd: error: spare_key.pub is neither a key fingerprint nor a "
+        "file: give a fingerprint (SHA256:...) as `quartet-sftpd user show alice` "
+        "prints it, or the path of a public key file.\n"
     )
+
+
+def test_user_key_remove_by_a_file_of_several_keys(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    Given a file of several keys, C{user key remove} takes away those the
+    user has and passes over the others; it changes nothing, with one
+    sentence and status 1, when the user has none of them or they are all
+    its keys.
+    """
+    run(home, "user", "add", "alice", "--key", str(home / "alice.pub"))
+    run(home, "user", "key", "add", "alice", str(home / "spare.pub"))
+    first, spare = fingerprints(home, capsys)["alice"]
+    other = write_keys(home / "other.pub", public_line(private_key(), "other"))
+    both = write_keys(
+        home / "both.pub", (home / "spare.pub").read_text(), other.read_text()
+    )
+    every = write_keys(
+        home / "every.pub", (home / "alice.pub").read_text(), both.read_text()
+    )
+    keys_file = home / "keys" / "users" / "alice.keys"
+    before = keys_file.read_bytes()
+
+    assert run(home, "user", "key", "remove", "alice", str(every)) == 1
+    assert capsys.readouterr().err == (
+        f"quartet-sftpd: error: {every} holds every key of user alice, who could "
+        "then not log in: add another key first, or remove the user with "
+        "`quartet-sftpd user remove alice`.\n"
+    )
+    assert run(home, "user", "key", "remove", "alice", str(other)) == 1
+    assert capsys.readouterr().err == (
+        f"quartet-sftpd: error: user alice has none of the keys in {other}: see "
+        "its keys with `quartet-sftpd user show alice`.\n"
+    )
+    assert keys_file.read_bytes() == before
+
+    assert run(home, "user", "key", "remove", "alice", str(both)) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Removed key {spare} ecdsa-sha2-nistp256 spare from ")
+    assert out.count("Removed key") == 1
+    assert fingerprints(home, capsys) == {"alice": [first]}
 
 
 def rules_file(home: Path) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,11 +210,13 @@ def test_retry_reruns_a_failed_task_and_prune_cleans_up(
     messages = [m["text"] for m in site.task(task["name"])["messages"]]
     assert "Queued again by an operator (tasks retry)." in messages
 
-    result = site.cli("archive", "prune", "--older-than", "0s", "--dry-run")
+    # Prune refuses an age of zero; let the upload become a second old.
+    time.sleep(1.1)
+    result = site.cli("archive", "prune", "--older-than", "1s", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "Would remove 1 archived files" in result.stdout
     assert len(site.archived("Outbox")) == 1
-    result = site.cli("archive", "prune", "--older-than", "0s")
+    result = site.cli("archive", "prune", "--older-than", "1s")
     assert "Removed 1 archived files" in result.stdout and "1 tasks" in result.stdout
     assert site.archived("Outbox") == []
     assert site.tasks() == []

@@ -122,10 +122,49 @@ def test_a_bare_number_is_refused_not_taken_as_seconds(site: Settings, capsys) -
     nothing is removed.
     """
     before = names(site.archive / "EPCIS"), names(site.archive / ".partial")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         run(site, "archive", "prune", "--older-than", "90")
-    assert "'90' has no unit: write 90d for days" in capsys.readouterr().err
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: argument --older-than: '90' has no unit: write 90d for days, or "
+        "use s, m, h or w.\n"
+    )
     assert (names(site.archive / "EPCIS"), names(site.archive / ".partial")) == before
+
+
+@pytest.mark.parametrize("text", ["0d", "0s", "0.0h"])
+def test_a_zero_age_is_refused(site: Settings, capsys, text: str) -> None:
+    """
+    An age of zero would remove every archived file and ended task: it is
+    refused with a sentence showing the form to use, and nothing is removed.
+    """
+    before = names(site.archive / "EPCIS"), names(site.archive / ".partial")
+    with pytest.raises(SystemExit) as exit:
+        run(site, "archive", "prune", "--older-than", text)
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: argument --older-than: an age of {text!r} would remove "
+        "everything, even what arrived a moment ago: give an age above zero, "
+        "such as --older-than 90d.\n"
+    )
+    assert (names(site.archive / "EPCIS"), names(site.archive / ".partial")) == before
+
+
+def test_archive_help_shows_the_whole_prune_line(
+    site: Settings, capsys, monkeypatch
+) -> None:
+    """
+    C{archive --help} on an 80-column terminal shows prune's help as a whole
+    phrase on its line.
+    """
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exit:
+        run(site, "archive", "--help")
+    assert exit.value.code == 0
+    assert (
+        "\n    prune     remove old archived files, tasks and quarantined uploads\n"
+        in capsys.readouterr().out
+    )
 
 
 def test_bad_duration_is_a_usage_error(site: Settings, capsys) -> None:

@@ -33,7 +33,10 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="archive_command", metavar="COMMAND")
     commands.required = True
     prune = commands.add_parser(
-        "prune", help="remove archived files, ended tasks and partials older than AGE"
+        "prune",
+        help="remove old archived files, tasks and quarantined uploads",
+        description="Remove archived files, ended tasks and quarantined uploads "
+        "older than AGE; tasks still QUEUED or RUNNING, and their files, stay.",
     )
     prune.add_argument(
         "--older-than",
@@ -49,10 +52,24 @@ def register(subparsers: Any) -> None:
 
 
 def _duration(text: str) -> float:
+    """
+    The seconds of an C{--older-than} age; the unit is required (see
+    L{parse_duration}), and an age of zero, which would remove everything,
+    is refused.
+
+    @raise argparse.ArgumentTypeError: with a sentence naming the form to
+        use.
+    """
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"an age of {text!r} would remove everything, even what arrived a "
+            "moment ago: give an age above zero, such as --older-than 90d."
+        )
+    return seconds
 
 
 def prune_command(settings: Settings, args: argparse.Namespace) -> int:

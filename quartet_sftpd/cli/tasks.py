@@ -212,16 +212,16 @@ def retry_task(settings: Settings, args: argparse.Namespace) -> int:
         if task is None:
             return 1
         if task.status is not TaskStatus.FAILED:
-            stderr.write(
-                f"quartet-sftpd: error: task {task.name} is {task.status.value}; "
-                "only a FAILED task can be retried.\n"
-            )
+            stderr.write(_not_failed(task))
             return 1
         try:
             store.requeue(task.name, "Queued again by an operator (tasks retry).")
-        except TaskStoreError as error:
-            # It changed since it was read (the server ran it meanwhile).
-            stderr.write(f"quartet-sftpd: error: {error}\n")
+        except TaskStoreError:
+            # It changed since it was read: another retry queued it, or a
+            # prune removed it.  Say what it is now, as above.
+            current = _find(store, task.name, stderr)
+            if current is not None:
+                stderr.write(_not_failed(current))
             return 1
         stdout.write(
             f"Task {task.name} is queued again; the running server runs rule "
@@ -246,6 +246,16 @@ def retry_task(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
+
+
+def _not_failed(task: Task) -> str:
+    """
+    The refusal to retry a task that is not FAILED, as a line for stderr.
+    """
+    return (
+        f"quartet-sftpd: error: task {task.name} is {task.status.value}; "
+        "only a FAILED task can be retried.\n"
+    )
 
 
 _COLUMNS = ("NAME", "RULE", "STATUS", "USER", "FILE", "SIZE", "CREATED (UTC)")

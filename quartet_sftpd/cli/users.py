@@ -447,11 +447,15 @@ def add_keys(settings: Settings, args: argparse.Namespace) -> int:
 def remove_key(settings: Settings, args: argparse.Namespace) -> int:
     """
     Stop a user from logging in with a key, named by its fingerprint (with
-    or without C{SHA256:}) or given as a public key file, whose keys are
-    all taken away.
+    or without C{SHA256:}) or given as a public key file, whose keys the
+    user has are all taken away.
     """
     store = UserStore(settings.users_dir)
-    for fingerprint in _fingerprints_of(args.key):
+    if args.key.startswith("SHA256:") or not Path(args.key).is_file():
+        fingerprints = [_fingerprint(args.key, args.name)]
+    else:
+        fingerprints = _held_keys(store, args.name, Path(args.key))
+    for fingerprint in fingerprints:
         key = store.remove_key(args.name, fingerprint)
         print(f"Removed key {_describe(key)} from user {args.name}.")
     return 0
@@ -461,22 +465,49 @@ def remove_key(settings: Settings, args: argparse.Namespace) -> int:
 _FINGERPRINT = re.compile(r"^[A-Za-z0-9+/]{43}$")
 
 
-def _fingerprints_of(given: str) -> list[str]:
+def _fingerprint(given: str, name: str) -> str:
     """
-    The fingerprints a C{user key remove} argument names.
+    The fingerprint a C{user key remove} argument that is not a file names,
+    with its C{SHA256:}.
 
-    @raise UsageError: it is neither a fingerprint nor a key file.
+    @raise UsageError: it is no fingerprint either.
     """
     if given.startswith("SHA256:"):
-        return [given]
-    if Path(given).is_file():
-        return [key.fingerprint for key in _read_keys([Path(given)])]
+        return given
     if _FINGERPRINT.match(given):
-        return [f"SHA256:{given}"]
+        return f"SHA256:{given}"
     raise UsageError(
-        f"{given} is neither a key fingerprint (SHA256:..., as `quartet-sftpd "
-        "user show NAME` prints it) nor a public key file."
+        f"{given} is neither a key fingerprint nor a file: give a fingerprint "
+        f"(SHA256:...) as `quartet-sftpd user show {name}` prints it, or the "
+        "path of a public key file."
     )
+
+
+def _held_keys(store: UserStore, name: str, path: Path) -> list[str]:
+    """
+    The fingerprints of the keys in a key file that user C{name} has.  They
+    are checked before any is taken away, so that the command removes all
+    of them or, when it cannot, none.
+
+    @raise UserError: the file cannot be read or holds no key (see
+        L{parse_key_file}), the user has none of its keys, or they are all
+        the user's keys and the user has no password.
+    """
+    in_file = [key.fingerprint for key in _read_keys([path])]
+    held = {key.fingerprint for key in store.keys(name)}
+    chosen = [fingerprint for fingerprint in in_file if fingerprint in held]
+    if not chosen:
+        raise UserError(
+            f"user {name} has none of the keys in {path}: see its keys with "
+            f"`quartet-sftpd user show {name}`."
+        )
+    if held <= set(chosen) and not store.settings(name).get("password"):
+        raise UserError(
+            f"{path} holds every key of user {name}, who could then not log in: "
+            "add another key first, or remove the user with "
+            f"`quartet-sftpd user remove {name}`."
+        )
+    return chosen
 
 
 def remove_user(settings: Settings, args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ into it happen on the reactor thread, as plain page-cache writes.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import time
@@ -33,6 +32,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from quartet_sftpd.digest import RunningDigest, hash_file
 from quartet_sftpd.prune import prune_quarantine
 
 _T = TypeVar("_T")
@@ -41,7 +41,6 @@ _T = TypeVar("_T")
 NAME_MAX = 255
 #: `-` and a UUID in its 36-character text form.
 _UUID_SUFFIX = 37
-_HASH_CHUNK = 1 << 20
 #: Uploads at least this large are fsynced and hashed at the same time, in
 #: two threads of the pool; smaller ones in one trip to the pool, where a
 #: second thread would cost more than the overlap saves.
@@ -115,6 +114,14 @@ class Archive:
 
     def _in_thread(self, f: Callable[..., _T], *args: Any) -> Deferred[_T]:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def run_blocking(self, f: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        """
+        Run blocking work on a staging file in the archive's thread pool.
+
+        @return: a Deferred firing with C{f(*args)}.
+        """
+        return self._in_thread(f, *args)
 
     def prepare(self) -> list[Path]:
         """
@@ -208,7 +215,13 @@ class Archive:
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
     def commit(
-        self, staging: Path, fd: int | None, folder: str, name: str, size: int = 0
+        self,
+        staging: Path,
+        fd: int | None,
+        folder: str,
+        name: str,
+        size: int = 0,
+        digest: RunningDigest | None = None,
     ) -> Deferred[Committed]:
         """
         Make a finished upload permanent: fsync its bytes, give it its group
@@ -222,35 +235,50 @@ class Archive:
         @param name: the client's file name.
         @param size: about how many bytes the file holds; from
             L{PARALLEL_COMMIT} on, the fsync and the hashing overlap.
+        @param digest: the hash kept up while the upload arrived, if any;
+            the commit waits for its work in progress and finishes it.
         @return: a Deferred firing with a L{Committed}, or failing with the
             L{OSError} that stopped it; on failure nothing is left in the
             rule folder and the staging file is still in place.
         """
+        ready = digest.settled() if digest is not None else succeed(None)
         if size < PARALLEL_COMMIT:
-            return self._in_thread(self._commit, staging, fd, folder, name)
+            ready.addCallback(
+                lambda _: self._in_thread(
+                    self._commit, staging, fd, folder, name, digest
+                )
+            )
+            return ready
         if fd is None:
-            opened = self._in_thread(_open_to_read, staging)
+            ready.addCallback(lambda _: self._in_thread(_open_to_read, staging))
         else:
-            opened = succeed(fd)
-        opened.addCallback(self._sync_and_hash)
-        opened.addCallback(
+            ready.addCallback(lambda _: fd)
+        ready.addCallback(self._sync_and_hash, digest)
+        ready.addCallback(
             lambda hashed: self._in_thread(self._place, staging, folder, name, *hashed)
         )
-        return opened
+        return ready
 
     def _commit(
-        self, staging: Path, fd: int | None, folder: str, name: str
+        self,
+        staging: Path,
+        fd: int | None,
+        folder: str,
+        name: str,
+        digest: RunningDigest | None,
     ) -> Committed:
         if fd is None:
             fd = _open_to_read(staging)
         try:
             self._sync(fd)
-            size, digest = self._own_and_hash(fd)
+            size, sha256 = self._own_and_hash(fd, digest)
         finally:
             os.close(fd)
-        return self._place(staging, folder, name, size, digest)
+        return self._place(staging, folder, name, size, sha256)
 
-    def _sync_and_hash(self, fd: int) -> Deferred[tuple[int, str]]:
+    def _sync_and_hash(
+        self, fd: int, digest: RunningDigest | None
+    ) -> Deferred[tuple[int, str]]:
         """
         fsync and hash a staging file in two threads at once, then close it.
 
@@ -258,7 +286,10 @@ class Archive:
             the first L{OSError}, once neither thread uses the descriptor.
         """
         both = DeferredList(
-            [self._in_thread(self._sync, fd), self._in_thread(self._own_and_hash, fd)],
+            [
+                self._in_thread(self._sync, fd),
+                self._in_thread(self._own_and_hash, fd, digest),
+            ],
             consumeErrors=True,
         )
 
@@ -277,10 +308,10 @@ class Archive:
         """
         os.fsync(fd)
 
-    def _own_and_hash(self, fd: int) -> tuple[int, str]:
+    def _own_and_hash(self, fd: int, digest: RunningDigest | None) -> tuple[int, str]:
         os.fchown(fd, -1, self._gid)
         os.fchmod(fd, self._file_mode)
-        return _hash_fd(fd)
+        return digest.finish(fd) if digest is not None else hash_file(fd)
 
     def _place(
         self, staging: Path, folder: str, name: str, size: int, digest: str
@@ -411,21 +442,6 @@ class Archive:
 
 def _open_to_read(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-
-def _hash_fd(fd: int) -> tuple[int, str]:
-    """
-    Read a whole file from its descriptor and return its size and sha256.
-    """
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, _HASH_CHUNK, offset)
-        if not chunk:
-            break
-        digest.update(chunk)
-        offset += len(chunk)
-    return offset, digest.hexdigest()
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ from quartet_sftpd.capture import (
     ICaptureBackend,
     UploadRejected,
 )
+from quartet_sftpd.digest import RunningDigest
 from quartet_sftpd.sftp.registry import (
     DONE,
     PARTIAL,
@@ -171,6 +172,7 @@ class Intake:
             resumed_size=resumed,
             opened=self._clock(),
         )
+        upload.digest = RunningDigest(self.archive.run_blocking)
         self._show(upload, UPLOADING)
         return upload
 
@@ -257,7 +259,8 @@ class Intake:
         if self.is_temporary(upload.name):
             path, fd = upload.staging, upload.take_fd()
             if fd is not None:
-                os.close(fd)
+                # The RENAME that completes it hashes the file again.
+                self._settled(upload).addCallback(lambda _: os.close(fd))
             self._show(upload, STAGED, path=path)
             self._log.info(
                 "staged {user}'s temporary upload {name} in {rule} ({size} bytes), "
@@ -278,6 +281,7 @@ class Intake:
                 upload.staging,
                 upload.take_fd(),
                 size=upload.size,
+                digest=upload.digest,
                 started=upload.opened,
                 mtime=upload.mtime,
             )
@@ -310,11 +314,12 @@ class Intake:
         fd: int | None,
         *,
         size: int,
+        digest: RunningDigest | None = None,
         started: float,
         mtime: int | None,
     ) -> Deferred[str]:
         received = self._clock()
-        d = self.archive.commit(staging, fd, folder, name, size)
+        d = self.archive.commit(staging, fd, folder, name, size, digest)
 
         def archived(committed: Committed) -> Deferred[str]:
             upload = ArchivedUpload(
@@ -466,12 +471,16 @@ class Intake:
         # The bytes of an upload a full disk stopped would keep the disk full
         # for every other upload; the sidecar still records what arrived.
         keep = not upload.disk_full
-        d = self.archive.quarantine_upload(
-            upload.staging, upload.take_fd(), meta, keep_bytes=keep
-        )
         # Only the bytes before the first hole can be continued: a client
         # resuming (OpenSSH's reput) sends from the size it is shown.
         resumable = upload.contiguous_size() if keep else 0
+        fd = upload.take_fd()
+        d = self._settled(upload)
+        d.addCallback(
+            lambda _: self.archive.quarantine_upload(
+                upload.staging, fd, meta, keep_bytes=keep
+            )
+        )
 
         def quarantined(path: Any) -> None:
             self._forget(upload.user, upload.folder, upload.name)
@@ -484,6 +493,14 @@ class Intake:
 
         d.addCallbacks(quarantined, not_quarantined)
         return d
+
+    def _settled(self, upload: Upload) -> Deferred[None]:
+        """
+        Wait until no hashing uses the upload's descriptor any more.
+        """
+        if upload.digest is None:
+            return succeed(None)
+        return upload.digest.settled()
 
     def _quarantine_failed(self, failure: Failure, staging: Any) -> None:
         self._log.failure(

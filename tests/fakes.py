@@ -45,6 +45,42 @@ class ImmediateThreadPool:
         pass
 
 
+class HeldThreadPool:
+    """
+    A thread pool that keeps each call until the test runs it, in the
+    calling thread, with L{run_all}: the test decides what happens while
+    work is in progress.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[
+            tuple[Callable[[bool, Any], None], Callable[..., Any], tuple]
+        ]
+        self.waiting = []
+
+    def callInThreadWithCallback(
+        self,
+        on_result: Callable[[bool, Any], None],
+        f: Callable[..., Any],
+        *a: Any,
+        **kw: Any,
+    ) -> None:
+        self.waiting.append((on_result, lambda: f(*a, **kw), ()))
+
+    def run_all(self) -> int:
+        """
+        Run the calls waiting, and those they lead to, until none is left.
+
+        @return: how many ran.
+        """
+        ran = 0
+        while self.waiting:
+            on_result, call, _ = self.waiting.pop(0)
+            ran += 1
+            ImmediateThreadPool().callInThreadWithCallback(on_result, call)
+        return ran
+
+
 class ImmediateReactor:
     """
     A reactor whose callFromThread runs the call at once.

@@ -83,12 +83,13 @@ class Harness:
         root: Path,
         rules: tuple[str, ...] = ("EPCIS",),
         archive_class: type[Archive] = Archive,
+        threadpool: Any = None,
     ) -> None:
         self.backend = RecordingBackend(rules)
         self.archive = archive_class(
             root / "archive",
             gid=os.getegid(),
-            threadpool=ImmediateThreadPool(),  # type: ignore[arg-type]
+            threadpool=threadpool or ImmediateThreadPool(),
             reactor=ImmediateReactor(),
         )
         self.archive.prepare()

@@ -18,9 +18,11 @@ import pytest
 from twisted.conch.ssh import filetransfer as fx
 
 from quartet_sftpd.archive import PARALLEL_COMMIT, Archive
+from quartet_sftpd.digest import FOLLOW_STEP
 from quartet_sftpd.sftp.server import EXTENSIONS
 from quartet_sftpd.sftp.wire import string, u32, u64
 
+from .fakes import HeldThreadPool
 from .sftp_client import WRITE_CREATE, Harness
 
 EPCIS = Path(__file__).parent / "data" / "epcis" / "epcis.xml"
@@ -138,6 +140,41 @@ def test_failed_fsync_fails_the_close_and_quarantines(
     [partial] = harness.quarantined()
     assert partial.read_bytes() == data
     assert open_descriptors() == before
+
+
+def test_large_upload_is_hashed_as_it_arrives(tmp_path: Path) -> None:
+    """
+    The bytes of a large upload are hashed in the pool while it arrives; a
+    CLOSE, or a lost connection, while a step is still being hashed waits
+    for it before the descriptor is handed on, and the archive and the
+    quarantine get exactly the bytes sent, the archive with their sha256.
+    """
+    pool = HeldThreadPool()
+    harness = Harness(tmp_path, threadpool=pool)
+    data = os.urandom(FOLLOW_STEP + 1000)
+    client = harness.connect()
+
+    handle = client.open("/EPCIS/big.bin")
+    for offset in range(0, len(data), 256 * 1024):
+        client.write(handle, offset, data[offset : offset + 256 * 1024])
+    assert len(pool.waiting) == 1  # the first step, not yet run
+    client.request(fx.FXP_CLOSE, string(handle))
+    assert pool.run_all() == 2  # the step, then the commit
+    assert client.one().status()[0] == fx.FX_OK
+    [archived] = harness.archived()
+    assert archived.read_bytes() == data
+    [upload] = harness.backend.submitted
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
+
+    handle = client.open("/EPCIS/cut.bin")
+    for offset in range(0, FOLLOW_STEP, 256 * 1024):
+        client.write(handle, offset, data[offset : offset + 256 * 1024])
+    assert len(pool.waiting) == 1
+    client.protocol.connectionLost()
+    assert harness.quarantined() == []
+    pool.run_all()
+    [partial] = harness.quarantined()
+    assert partial.read_bytes() == data[:FOLLOW_STEP]
 
 
 def test_writes_out_of_order_land_at_their_offsets(harness: Harness) -> None:

@@ -15,8 +15,12 @@ import errno
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.conch.ssh.filetransfer import FX_FAILURE, SFTPError
+
+if TYPE_CHECKING:
+    from quartet_sftpd.digest import RunningDigest
 
 
 class Ranges:
@@ -63,6 +67,13 @@ class Ranges:
         """
         return self._ends[-1] if self._ends else 0
 
+    @property
+    def prefix(self) -> int:
+        """
+        How many bytes from 0 were received without a hole.
+        """
+        return self._ends[0] if self._starts and self._starts[0] == 0 else 0
+
     def first_gap(self, size: int) -> tuple[int, int] | None:
         """
         The first range below C{size} that was never received, or None when
@@ -90,6 +101,8 @@ class Upload:
     @ivar size: the file's size as the client sees it.
     @ivar received: bytes written so far (what was sent, not the size).
     @ivar error: the first write error, which fails the CLOSE.
+    @ivar digest: the hash kept up as the bytes arrive, if the intake gave
+        the upload one; told of every write and truncation.
     """
 
     def __init__(
@@ -126,6 +139,7 @@ class Upload:
         #: Whether the error was a full disk (or quota), whose partial
         #: bytes are not worth the space they hold.
         self.disk_full = False
+        self.digest: RunningDigest | None = None
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """
@@ -168,6 +182,8 @@ class Upload:
         self.received += written
         if end > self.size:
             self.size = end
+        if self.digest is not None:
+            self.digest.wrote(self.fd, offset, self.ranges.prefix)
 
     def truncate(self, size: int) -> None:
         """
@@ -187,6 +203,8 @@ class Upload:
         else:
             self.ranges.add(self.size, size)
         self.size = size
+        if self.digest is not None:
+            self.digest.truncated(size)
 
     def check_complete(self) -> None:
         """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,12 @@ class UnknownUserError(UserError):
     """
     There is no user of that name.
     """
+
+
+def _no_such_user(name: str) -> UnknownUserError:
+    return UnknownUserError(
+        f"there is no user {name}: see the users with `quartet-sftpd user list`."
+    )
 
 
 def check_name(name: str) -> str:
@@ -273,10 +280,7 @@ class UserStore:
                 data = handle.read()
         except FileNotFoundError:
             self._cache.pop(name, None)
-            raise UnknownUserError(
-                f"there is no user {name}: see the users with "
-                "`quartet-sftpd user list`."
-            ) from None
+            raise _no_such_user(name) from None
         except OSError as error:
             self._log.warn(
                 "Cannot read the keys of {user} in {path}: {reason}",
@@ -361,30 +365,44 @@ class UserStore:
         @raise UserError: no such user or key, or it is the last key of a
             user who has no password.
         """
+        return self.remove_keys(name, [key_fingerprint], f"key {key_fingerprint}")[0]
+
+    def remove_keys(
+        self, name: str, fingerprints: Collection[str], described_as: str
+    ) -> list[AuthorizedKey]:
+        """
+        Take every key of C{fingerprints} that user C{name} has away from
+        it, in one write, or none of them; keys the user does not have are
+        passed over.  Other lines of the file are kept byte for byte.
+
+        @param described_as: how the refusals name the keys: C{key SHA256:...}
+            or C{key in FILE}.
+        @return: the keys removed.
+        @raise UserError: no such user, the user has none of the keys, or
+            they are all its keys and it has no password.
+        """
         path = self._keys_path(name)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise UnknownUserError(
-                f"there is no user {name}: see the users with "
-                "`quartet-sftpd user list`."
-            ) from None
-        removed = [k for k in usable_keys(data) if k.fingerprint == key_fingerprint]
+            raise _no_such_user(name) from None
+        held = usable_keys(data)
+        removed = [k for k in held if k.fingerprint in fingerprints]
         if not removed:
             raise UserError(
-                f"user {name} has no key {key_fingerprint}: see the fingerprints "
-                "with `quartet-sftpd user list`."
+                f"user {name} has no {described_as}: see its keys with "
+                f"`quartet-sftpd user show {name}`."
             )
-        last = all(k.fingerprint == key_fingerprint for k in usable_keys(data))
-        if last and not self._has_password(name):
+        if len(removed) == len(held) and not self._has_password(name):
             raise UserError(
-                f"{key_fingerprint} is the last key of user {name}: add another key "
-                f"first, or remove the user with `quartet-sftpd user remove {name}`."
+                f"removing {described_as} would leave user {name} with no key: add "
+                "another key first, or remove the user with "
+                f"`quartet-sftpd user remove {name}`."
             )
         drop = {
             number
             for number, _, entry in parse_lines(data)
-            if not isinstance(entry, str) and entry.fingerprint == key_fingerprint
+            if not isinstance(entry, str) and entry.fingerprint in fingerprints
         }
         kept = [
             raw + b"\n"
@@ -393,7 +411,7 @@ class UserStore:
         ]
         kept_data = b"".join(kept)
         write_atomically(path, kept_data, KEYS_FILE_MODE, owner=self._file_owner())
-        return removed[0]
+        return removed
 
     def _has_password(self, name: str) -> bool:
         try:
@@ -411,10 +429,7 @@ class UserStore:
         try:
             path.unlink()
         except FileNotFoundError:
-            raise UnknownUserError(
-                f"there is no user {name}: see the users with "
-                "`quartet-sftpd user list`."
-            ) from None
+            raise _no_such_user(name) from None
         path.with_suffix(".toml").unlink(missing_ok=True)
         self._cache.pop(name, None)
         self._settings_cache.pop(name, None)
@@ -433,10 +448,7 @@ class UserStore:
         """
         path = self._keys_path(name).with_suffix(".toml")
         if not self.exists(name):
-            raise UnknownUserError(
-                f"there is no user {name}: see the users with "
-                "`quartet-sftpd user list`."
-            )
+            raise _no_such_user(name)
         try:
             with path.open("rb") as handle:
                 identity = _identity(os.fstat(handle.fileno()))

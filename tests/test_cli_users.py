@@ -254,7 +254,11 @@ def test_user_key_add_and_remove(
     assert run(home, "user", "key", "remove", "alice", bare) == 0
     assert fingerprints(home, capsys) == {"alice": [first]}
     assert run(home, "user", "key", "remove", "alice", first) == 1
-    assert "last key" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"quartet-sftpd: error: removing key {first} would leave user alice with "
+        "no key: add another key first, or remove the user with "
+        "`quartet-sftpd user remove alice`.\n"
+    )
 
 
 def test_user_key_remove_by_key_file(
@@ -304,14 +308,14 @@ def test_user_key_remove_by_a_file_of_several_keys(
 
     assert run(home, "user", "key", "remove", "alice", str(every)) == 1
     assert capsys.readouterr().err == (
-        f"quartet-sftpd: error: {every} holds every key of user alice, who could "
-        "then not log in: add another key first, or remove the user with "
+        f"quartet-sftpd: error: removing key in {every} would leave user alice "
+        "with no key: add another key first, or remove the user with "
         "`quartet-sftpd user remove alice`.\n"
     )
     assert run(home, "user", "key", "remove", "alice", str(other)) == 1
     assert capsys.readouterr().err == (
-        f"quartet-sftpd: error: user alice has none of the keys in {other}: see "
-        "its keys with `quartet-sftpd user show alice`.\n"
+        f"quartet-sftpd: error: user alice has no key in {other}: see its keys "
+        "with `quartet-sftpd user show alice`.\n"
     )
     assert keys_file.read_bytes() == before
 

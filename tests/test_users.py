@@ -452,7 +452,7 @@ def test_a_user_with_a_password_may_lose_its_last_key(store: UserStore) -> None:
     in with.
     """
     [key] = store.add("alice", parse_key_file(_pub(store, KEY)))
-    with pytest.raises(UserError, match="last key"):
+    with pytest.raises(UserError, match="would leave user alice with no key"):
         store.remove_key("alice", key.fingerprint)
     store.update_settings("alice", password="$2b$04$x")
     store.remove_key("alice", key.fingerprint)

@@ -448,15 +448,17 @@ def remove_key(settings: Settings, args: argparse.Namespace) -> int:
     """
     Stop a user from logging in with a key, named by its fingerprint (with
     or without C{SHA256:}) or given as a public key file, whose keys the
-    user has are all taken away.
+    user has are all taken away, or none if that cannot be done.
     """
-    store = UserStore(settings.users_dir)
     if args.key.startswith("SHA256:") or not Path(args.key).is_file():
-        fingerprints = [_fingerprint(args.key, args.name)]
+        fingerprint = _fingerprint(args.key, args.name)
+        fingerprints, described_as = [fingerprint], f"key {fingerprint}"
     else:
-        fingerprints = _held_keys(store, args.name, Path(args.key))
-    for fingerprint in fingerprints:
-        key = store.remove_key(args.name, fingerprint)
+        keys = _read_keys([Path(args.key)])
+        fingerprints = [key.fingerprint for key in keys]
+        described_as = f"key in {args.key}"
+    store = UserStore(settings.users_dir)
+    for key in store.remove_keys(args.name, fingerprints, described_as):
         print(f"Removed key {_describe(key)} from user {args.name}.")
     return 0
 
@@ -481,33 +483,6 @@ def _fingerprint(given: str, name: str) -> str:
         f"(SHA256:...) as `quartet-sftpd user show {name}` prints it, or the "
         "path of a public key file."
     )
-
-
-def _held_keys(store: UserStore, name: str, path: Path) -> list[str]:
-    """
-    The fingerprints of the keys in a key file that user C{name} has.  They
-    are checked before any is taken away, so that the command removes all
-    of them or, when it cannot, none.
-
-    @raise UserError: the file cannot be read or holds no key (see
-        L{parse_key_file}), the user has none of its keys, or they are all
-        the user's keys and the user has no password.
-    """
-    in_file = [key.fingerprint for key in _read_keys([path])]
-    held = {key.fingerprint for key in store.keys(name)}
-    chosen = [fingerprint for fingerprint in in_file if fingerprint in held]
-    if not chosen:
-        raise UserError(
-            f"user {name} has none of the keys in {path}: see its keys with "
-            f"`quartet-sftpd user show {name}`."
-        )
-    if held <= set(chosen) and not store.settings(name).get("password"):
-        raise UserError(
-            f"{path} holds every key of user {name}, who could then not log in: "
-            "add another key first, or remove the user with "
-            f"`quartet-sftpd user remove {name}`."
-        )
-    return chosen
 
 
 def remove_user(settings: Settings, args: argparse.Namespace) -> int:

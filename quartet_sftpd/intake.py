@@ -259,9 +259,9 @@ class Intake:
         if self.is_temporary(upload.name):
             path, fd = upload.staging, upload.take_fd()
             if fd is not None:
-                # The RENAME that completes it hashes the file again.
                 self._settled(upload).addCallback(lambda _: os.close(fd))
-            self._show(upload, STAGED, path=path)
+            # The RENAME that completes it finishes the running hash.
+            self._show(upload, STAGED, path=path, digest=upload.digest)
             self._log.info(
                 "staged {user}'s temporary upload {name} in {rule} ({size} bytes), "
                 "waiting for its rename",
@@ -555,6 +555,7 @@ class Intake:
                 entry.path,
                 None,
                 size=entry.size,
+                digest=entry.digest,
                 started=entry.since,
                 mtime=int(entry.mtime),
             )

@@ -177,6 +177,35 @@ def test_large_upload_is_hashed_as_it_arrives(tmp_path: Path) -> None:
     assert partial.read_bytes() == data[:FOLLOW_STEP]
 
 
+def test_large_temporary_upload_keeps_its_hash_for_the_rename(tmp_path: Path) -> None:
+    """
+    A large C{.filepart} upload is hashed as it arrives; the RENAME that
+    completes it finishes that hash on the staged file, and the task gets
+    the sha256 of exactly the bytes sent.
+    """
+    pool = HeldThreadPool()
+    harness = Harness(tmp_path, threadpool=pool)
+    data = os.urandom(FOLLOW_STEP + 1000)
+    client = harness.connect()
+
+    handle = client.open("/EPCIS/big.bin.filepart")
+    for offset in range(0, len(data), 256 * 1024):
+        client.write(handle, offset, data[offset : offset + 256 * 1024])
+    client.request(fx.FXP_CLOSE, string(handle))
+    pool.run_all()
+    assert client.one().status()[0] == fx.FX_OK
+    client.request(
+        fx.FXP_RENAME, string(b"/EPCIS/big.bin.filepart"), string(b"/EPCIS/big.bin")
+    )
+    pool.run_all()
+    assert client.one().status()[0] == fx.FX_OK
+
+    [archived] = harness.archived()
+    assert archived.name.startswith("big.bin-") and archived.read_bytes() == data
+    [upload] = harness.backend.submitted
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
+
+
 def test_writes_out_of_order_land_at_their_offsets(harness: Harness) -> None:
     """
     Pipelined writes that arrive in any order give the exact file.

@@ -24,6 +24,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quartet_sftpd.digest import RunningDigest
 
 UPLOADING = "uploading"
 STAGED = "staged"
@@ -41,6 +45,8 @@ class FileEntry:
     @ivar path: the staging file (C{staged}) or quarantined file
         (C{partial}); None otherwise.
     @ivar task: the task name, for C{done} entries.
+    @ivar digest: for C{staged} entries, the hash kept up while the upload
+        arrived, which the RENAME that completes it finishes.
     """
 
     user: str
@@ -53,6 +59,7 @@ class FileEntry:
     permissions: int = 0o640
     path: Path | None = None
     task: str | None = None
+    digest: RunningDigest | None = None
     since: float = field(default_factory=time.time)
 
     @property

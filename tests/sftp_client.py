@@ -220,10 +220,16 @@ class Client:
         assert self.close(handle)[0] == fx.FX_OK
         return entries
 
-    def upload(self, path: str, data: bytes, chunk: int = 32768) -> tuple[int, str]:
-        handle = self.open(path)
+    def write_all(self, handle: bytes, data: bytes, chunk: int = 32768) -> None:
+        """
+        WRITE C{data} from offset 0 in pieces of C{chunk}, each answered OK.
+        """
         for offset in range(0, len(data), chunk):
             assert (
                 self.write(handle, offset, data[offset : offset + chunk])[0] == fx.FX_OK
             )
+
+    def upload(self, path: str, data: bytes, chunk: int = 32768) -> tuple[int, str]:
+        handle = self.open(path)
+        self.write_all(handle, data, chunk)
         return self.close(handle)

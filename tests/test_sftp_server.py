@@ -155,8 +155,7 @@ def test_large_upload_is_hashed_as_it_arrives(tmp_path: Path) -> None:
     client = harness.connect()
 
     handle = client.open("/EPCIS/big.bin")
-    for offset in range(0, len(data), 256 * 1024):
-        client.write(handle, offset, data[offset : offset + 256 * 1024])
+    client.write_all(handle, data, 256 * 1024)
     assert len(pool.waiting) == 1  # the first step, not yet run
     client.request(fx.FXP_CLOSE, string(handle))
     assert pool.run_all() == 2  # the step, then the commit
@@ -167,8 +166,7 @@ def test_large_upload_is_hashed_as_it_arrives(tmp_path: Path) -> None:
     assert upload.sha256 == hashlib.sha256(data).hexdigest()
 
     handle = client.open("/EPCIS/cut.bin")
-    for offset in range(0, FOLLOW_STEP, 256 * 1024):
-        client.write(handle, offset, data[offset : offset + 256 * 1024])
+    client.write_all(handle, data[:FOLLOW_STEP], 256 * 1024)
     assert len(pool.waiting) == 1
     client.protocol.connectionLost()
     assert harness.quarantined() == []
@@ -189,8 +187,7 @@ def test_large_temporary_upload_keeps_its_hash_for_the_rename(tmp_path: Path) ->
     client = harness.connect()
 
     handle = client.open("/EPCIS/big.bin.filepart")
-    for offset in range(0, len(data), 256 * 1024):
-        client.write(handle, offset, data[offset : offset + 256 * 1024])
+    client.write_all(handle, data, 256 * 1024)
     client.request(fx.FXP_CLOSE, string(handle))
     pool.run_all()
     assert client.one().status()[0] == fx.FX_OK
